@@ -1,0 +1,59 @@
+"""Process settings from the environment: where config, the store and the broker are."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent
+SHIPPED_MAPPINGS_DIR = SHIPPED_CONFIG_DIR.parent / "mappings" / "shipped"
+
+
+class Settings(BaseSettings):
+    """Everything that differs between a laptop demo and production, read from HUBBRIDGE_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="HUBBRIDGE_", extra="ignore")
+
+    config_dir: Path = SHIPPED_CONFIG_DIR
+    mappings_dir: Path | None = None
+    data_dir: Path = Path("var")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default a SQLite file in data_dir")
+    broker_url: str | None = Field(None, description="Celery broker; default the embedded SQLite transport")
+    log_format: str = Field("console", pattern="^(console|json)$")
+    log_level: str = "INFO"
+    api_token_env: str = "HUBBRIDGE_API_TOKEN"
+    intake_secret_env: str = "HUBBRIDGE_INTAKE_SECRET"
+    sync_page_size: int = 200
+    reconcile_after_seconds: float = 30.0
+    max_body_bytes: int = 256 * 1024
+
+    @property
+    def resolved_mappings_dir(self) -> Path:
+        if self.mappings_dir is not None:
+            return self.mappings_dir
+        own = self.config_dir / "mappings"
+        return own if own.is_dir() else SHIPPED_MAPPINGS_DIR
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'hubbridge.sqlite').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.resolved_broker_url.startswith("sqla+")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,160 @@
+"""The small typed interface every back-office connector implements, and how plugins are found."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from hubbridge.errors import ConfigError, NotSupported
+
+if TYPE_CHECKING:
+    from hubbridge.config.models import ConnectorInstance
+
+ENTRY_POINT_GROUP = "hubbridge.connectors"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One translated case on its way to a back office; `hub_ref` doubles as the idempotency key."""
+
+    hub_ref: str
+    authority: str
+    service: str
+    payload: dict[str, Any]
+    mapping_version: str = ""
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    """What the back office said when it took the case: its own reference and, if given, a status."""
+
+    backoffice_ref: str
+    status_code: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackOfficeUpdate:
+    """A change the back office reports for one of its jobs, in the back office's own terms.
+
+    `update_id` is unique per instance and lets sync deduplicate; `hub_ref` is the Hub reference the
+    job carries (None for jobs raised directly in the back office).
+    """
+
+    backoffice_ref: str
+    update_id: str
+    occurred_at: datetime
+    status_code: str | None = None
+    note: str | None = None
+    hub_ref: str | None = None
+    service_code: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpdatePage:
+    """One page of updates, oldest first; pass `cursor` back to get the next page."""
+
+    updates: list[BackOfficeUpdate]
+    cursor: str
+    has_more: bool = False
+
+
+@dataclass(frozen=True)
+class TargetField:
+    """A field the back office accepts, so mappings can be checked before a case is sent."""
+
+    name: str
+    type: str = "string"
+    max_length: int | None = None
+    required: bool = False
+    repeated: bool = False
+    enum: tuple[str, ...] = ()
+    children: Mapping[str, TargetField] = field(default_factory=dict)
+
+
+class Connector(ABC):
+    """A back-office system reached through its real protocol.
+
+    Implementations raise only `hubbridge.errors.ConnectorError` subclasses: `TransientError` for
+    faults worth retrying, `PermanentError` for refusals, `BadResponseError` for garbage answers.
+    """
+
+    plugin: ClassVar[str]
+    supports_cancel: ClassVar[bool] = False
+    supports_notes: ClassVar[bool] = False
+
+    def __init__(self, instance: ConnectorInstance, env: Mapping[str, str] | None = None) -> None:
+        self.instance = instance
+        self.name = instance.name
+        self._env = os.environ if env is None else env
+
+    def secret(self, env_name: str | None) -> str | None:
+        """Read a credential from the environment by the variable name the config gives."""
+        if env_name is None:
+            return None
+        value = self._env.get(env_name)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {env_name} is not set",
+                key=f"connectors.{self.name}.credentials",
+                hint=f"export {env_name}=... before starting hubbridge",
+            )
+        return value
+
+    @abstractmethod
+    def create(self, delivery: Delivery) -> CreateResult:
+        """Create the back-office job for a case, or return the existing one for the same `hub_ref`."""
+
+    @abstractmethod
+    def find(self, hub_ref: str) -> CreateResult | None:
+        """Look up the job made for `hub_ref`, used after an unknown outcome before creating again."""
+
+    @abstractmethod
+    def updates_since(self, cursor: str | None, limit: int = 100) -> UpdatePage:
+        """Changes after `cursor` (None: from the start), oldest first, at most `limit`."""
+
+    @abstractmethod
+    def target_fields(self) -> Mapping[str, TargetField]:
+        """The request fields `create` accepts in `Delivery.payload`."""
+
+    def render(self, delivery: Delivery) -> str:
+        """The exact request `create` would send, for dry runs; never sends anything."""
+        import json
+
+        return json.dumps(delivery.payload, indent=2, sort_keys=True, default=str)
+
+    def cancel(self, backoffice_ref: str, reason: str) -> None:
+        raise NotSupported(f"{self.plugin} does not support cancellation", instance=self.name)
+
+    def add_note(self, backoffice_ref: str, note: str) -> None:
+        raise NotSupported(f"{self.plugin} does not support notes", instance=self.name)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions and sockets."""
+
+
+def connector_classes() -> dict[str, type[Connector]]:
+    """Every connector plugin installed, by plugin name, found through the entry-point group."""
+    found: dict[str, type[Connector]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.load()
+    return found
+
+
+def connector_class(plugin: str) -> type[Connector]:
+    classes = connector_classes()
+    try:
+        return classes[plugin]
+    except KeyError:
+        known = ", ".join(sorted(classes)) or "none installed"
+        raise ConfigError(
+            f"unknown connector plugin {plugin!r}",
+            hint=f"installed plugins: {known}; a third-party plugin registers in the "
+            f"{ENTRY_POINT_GROUP!r} entry-point group",
+        ) from None

@@ -1,0 +1,246 @@
+"""The relational store: cases, links, audit events, Hub update outbox, dead letters, sync cursors.
+
+SQLite by default, PostgreSQL by URL. The schema is owned by the Alembic migrations in
+`workflows/migrations`; these table classes must match them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes on every backend (SQLite keeps none of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON}
+
+
+ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+class CaseRow(Base):
+    """One Hub case and where it stands in the pipeline."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    hub_ref: Mapped[str] = mapped_column(String(32), unique=True)
+    authority: Mapped[str] = mapped_column(String(64))
+    service: Mapped[str] = mapped_column(String(80))
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    origin: Mapped[str] = mapped_column(String(16), default="hub")  # hub | backoffice
+    status: Mapped[str] = mapped_column(String(24), default="received")  # Hub status vocabulary
+    stage: Mapped[str] = mapped_column(String(16), default="received")
+    # stage: received -> delivered -> acknowledged, or dead; pipeline progress, distinct from status
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    connector: Mapped[str | None] = mapped_column(String(64))
+    mapping_version: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    unknown_outcome: Mapped[bool] = mapped_column(default=False)
+    queue_priority: Mapped[int] = mapped_column(Integer, default=0)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_cases_stage_next", "stage", "next_attempt_at"),
+        Index("ix_cases_service_authority", "service", "authority"),
+    )
+
+
+class LinkRow(Base):
+    """Hub reference <-> connector instance <-> back-office reference."""
+
+    __tablename__ = "links"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    hub_ref: Mapped[str] = mapped_column(String(32), ForeignKey("cases.hub_ref"))
+    connector: Mapped[str] = mapped_column(String(64))
+    backoffice_ref: Mapped[str] = mapped_column(String(128))
+    mapping_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("connector", "backoffice_ref", name="uq_links_backoffice"),
+        UniqueConstraint("hub_ref", "connector", name="uq_links_hub"),
+    )
+
+
+class EventRow(Base):
+    """Append-only audit trail: everything that happened to a case, in order."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    hub_ref: Mapped[str | None] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HubUpdateRow(Base):
+    """Outbox of updates for the Hub: written with the change that caused them, pushed in sequence."""
+
+    __tablename__ = "hub_updates"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    hub_ref: Mapped[str] = mapped_column(String(32))
+    sequence: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(24))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    pushed_at: Mapped[datetime | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("hub_ref", "sequence", name="uq_hub_updates_seq"),
+        Index("ix_hub_updates_pending", "pushed_at", "next_attempt_at"),
+    )
+
+
+class SeenUpdateRow(Base):
+    """Back-office updates already taken in, so a re-read page never makes a duplicate Hub update."""
+
+    __tablename__ = "seen_updates"
+
+    connector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    update_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hub_ref: Mapped[str | None] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SyncCursorRow(Base):
+    """How far updates have been read from each connector instance."""
+
+    __tablename__ = "sync_cursors"
+
+    connector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cursor: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DeadLetterRow(Base):
+    """Work that could not be done, with the reason, kept until replayed or discarded."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    hub_ref: Mapped[str | None] = mapped_column(String(32), index=True)
+    stage: Mapped[str] = mapped_column(String(24))  # intake | route | translate | deliver | sync | push
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    service: Mapped[str | None] = mapped_column(String(80))
+    authority: Mapped[str | None] = mapped_column(String(64))
+    connector: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)  # the raw input, exactly as received
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column()
+    discarded_at: Mapped[datetime | None] = mapped_column()
+    replay_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the API, the worker and beat read while one of them writes
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30}, pool_pre_ping=True)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800,
+        json_serializer=lambda o: json.dumps(o, default=str),
+    )
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    return make_engine(url)
+
+
+def migrate(url: str) -> None:
+    """Bring the schema at `url` up to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["connection_url"] = url
+    command.upgrade(cfg, "head")
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """One transaction: committed when the block ends, rolled back if it raises."""
+    session = sessionmaker(engine_for(url), expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def record_event(session: Session, hub_ref: str | None, kind: str, **detail: Any) -> None:
+    session.add(EventRow(hub_ref=hub_ref, kind=kind, detail=detail, at=utcnow()))
