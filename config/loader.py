@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubbridge.config.models import (
-    Authority,
     AuthoritiesFile,
+    Authority,
     ConnectorInstance,
     ConnectorsFile,
     HubEndpoint,
@@ -78,7 +78,9 @@ def load_config(config_dir: Path | str | None = None, settings: Settings | None 
     """Validate every file in `config_dir` (all errors reported together) and resolve the routes."""
     settings = settings or get_settings()
     cdir = Path(config_dir) if config_dir is not None else settings.config_dir
-    mdir = settings.mappings_dir or (cdir / "mappings" if (cdir / "mappings").is_dir() else settings.resolved_mappings_dir)
+    mdir = settings.mappings_dir or (
+        cdir / "mappings" if (cdir / "mappings").is_dir() else settings.resolved_mappings_dir
+    )
     errors: list[ConfigError] = []
     docs: dict[str, YamlDoc] = {}
     parsed: dict[str, object] = {}
@@ -153,13 +155,23 @@ def _check_route(
     errs = []
     for j, a in enumerate(route.authorities):
         if a not in authorities:
-            errs.append(doc.error(f"unknown authority {a!r}", ["routes", i, "authorities", j], near(a, list(authorities))))
+            errs.append(
+                doc.error(f"unknown authority {a!r}", ["routes", i, "authorities", j], near(a, list(authorities)))
+            )
     if route.service not in services:
-        errs.append(doc.error(f"unknown service {route.service!r}", ["routes", i, "service"],
-                              near(route.service, list(services))))
+        errs.append(
+            doc.error(
+                f"unknown service {route.service!r}", ["routes", i, "service"], near(route.service, list(services))
+            )
+        )
     if route.connector not in cfile.connectors:
-        errs.append(doc.error(f"unknown connector instance {route.connector!r}", ["routes", i, "connector"],
-                              near(route.connector, list(cfile.connectors))))
+        errs.append(
+            doc.error(
+                f"unknown connector instance {route.connector!r}",
+                ["routes", i, "connector"],
+                near(route.connector, list(cfile.connectors)),
+            )
+        )
     if not (mdir / route.mapping).is_file():
         errs.append(doc.error(f"mapping file {route.mapping!r} not found in {mdir}", ["routes", i, "mapping"]))
     return errs

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     api_token_env: str = "HUBBRIDGE_API_TOKEN"
     intake_secret_env: str = "HUBBRIDGE_INTAKE_SECRET"
     sync_page_size: int = 200
-    reconcile_after_seconds: float = 30.0
+    reconcile_after_seconds: float = Field(120.0, description="Re-queue a case whose message has not run by then")
+    sweep_seconds: float = Field(2.0, description="How often beat reconciles, polls and sweeps SLAs")
+    queue_type: str = Field("classic", pattern="^(classic|quorum)$")
     max_body_bytes: int = 256 * 1024
 
     @property
@@ -47,11 +49,11 @@ class Settings(BaseSettings):
     def resolved_broker_url(self) -> str:
         if self.broker_url:
             return self.broker_url
-        return f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+        return f"embedded+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
 
     @property
     def embedded(self) -> bool:
-        return self.resolved_broker_url.startswith("sqla+")
+        return self.resolved_broker_url.startswith(("embedded+", "sqla+"))
 
 
 @lru_cache(maxsize=1)

@@ -125,12 +125,18 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDoc:
     """Parse YAML text safely: size and alias limits, no Python object tags."""
     if len(text.encode("utf-8", "replace")) > MAX_YAML_BYTES:
         raise ConfigError(
-            f"file is larger than {MAX_YAML_BYTES} bytes", path=path, line=1, col=1,
+            f"file is larger than {MAX_YAML_BYTES} bytes",
+            path=path,
+            line=1,
+            col=1,
             hint="split it into smaller files",
         )
     if _count_aliases(text) > MAX_ALIASES:
         raise ConfigError(
-            f"more than {MAX_ALIASES} YAML aliases", path=path, line=1, col=1,
+            f"more than {MAX_ALIASES} YAML aliases",
+            path=path,
+            line=1,
+            col=1,
             hint="aliases can expand exponentially; write the values out",
         )
     yaml = YAML(typ="rt", pure=True)

@@ -148,13 +148,12 @@ def connector_classes() -> dict[str, type[Connector]]:
 
 
 def connector_class(plugin: str) -> type[Connector]:
-    classes = connector_classes()
-    try:
-        return classes[plugin]
-    except KeyError:
-        known = ", ".join(sorted(classes)) or "none installed"
-        raise ConfigError(
-            f"unknown connector plugin {plugin!r}",
-            hint=f"installed plugins: {known}; a third-party plugin registers in the "
-            f"{ENTRY_POINT_GROUP!r} entry-point group",
-        ) from None
+    """Load one plugin by name (only that one, so a broken third-party plugin cannot stop the others)."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=plugin):
+        return ep.load()
+    known = ", ".join(sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))) or "none installed"
+    raise ConfigError(
+        f"unknown connector plugin {plugin!r}",
+        hint=f"installed plugins: {known}; a third-party plugin registers in the "
+        f"{ENTRY_POINT_GROUP!r} entry-point group",
+    )

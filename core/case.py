@@ -123,9 +123,9 @@ class HubCase(_Model):
     customer: Customer
     location: Location = Field(default_factory=Location)
     description: Text
-    attributes: Annotated[dict[Annotated[str, StringConstraints(max_length=64)], AttributeValue], Field(max_length=50)] = (
-        Field(default_factory=dict)
-    )
+    attributes: Annotated[
+        dict[Annotated[str, StringConstraints(max_length=64)], AttributeValue], Field(max_length=50)
+    ] = Field(default_factory=dict)
     attachments: Annotated[list[Attachment], Field(max_length=20)] = Field(default_factory=list)
     created_at: AwareDatetime
     updated_at: AwareDatetime | None = None

@@ -75,6 +75,7 @@ class CaseRow(Base):
     priority: Mapped[str] = mapped_column(String(16), default="normal")
     origin: Mapped[str] = mapped_column(String(16), default="hub")  # hub | backoffice
     status: Mapped[str] = mapped_column(String(24), default="received")  # Hub status vocabulary
+    status_at: Mapped[datetime] = mapped_column(default=utcnow)  # when the back office set that status
     stage: Mapped[str] = mapped_column(String(16), default="received")
     # stage: received -> delivered -> acknowledged, or dead; pipeline progress, distinct from status
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -83,7 +84,8 @@ class CaseRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column()
     last_error: Mapped[str | None] = mapped_column(Text)
-    unknown_outcome: Mapped[bool] = mapped_column(default=False)
+    unknown_outcome: Mapped[bool] = mapped_column(default=False)  # a call was (maybe) made: look up first
+    claimed_until: Mapped[datetime | None] = mapped_column()  # one worker delivers a case at a time
     queue_priority: Mapped[int] = mapped_column(Integer, default=0)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -164,6 +166,8 @@ class SyncCursorRow(Base):
 
     connector: Mapped[str] = mapped_column(String(64), primary_key=True)
     cursor: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column()  # one poller at a time per instance
+    polled_at: Mapped[datetime | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -187,6 +191,22 @@ class DeadLetterRow(Base):
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class ConnectorHealthRow(Base):
+    """Each connector instance's circuit state and recent record, shared by every worker process."""
+
+    __tablename__ = "connector_health"
+
+    connector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(12), default="closed")  # closed | open | half_open
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    opened_until: Mapped[datetime | None] = mapped_column()
+    successes: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_success_at: Mapped[datetime | None] = mapped_column()
+    last_failure_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets the API, the worker and beat read while one of them writes
@@ -206,7 +226,11 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800,
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        pool_recycle=1800,
         json_serializer=lambda o: json.dumps(o, default=str),
     )
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from hubbridge.workflows.store import Base, engine_for
-
 # Table modules of other packages register on the same metadata
-import hubbridge.sla  # noqa: F401,E402
+import hubbridge.sla  # noqa: F401
+from hubbridge.workflows.store import Base, engine_for
 
 config = context.config
 target_metadata = Base.metadata

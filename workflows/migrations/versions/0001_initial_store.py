@@ -28,6 +28,7 @@ def upgrade() -> None:
     sa.Column('priority', sa.String(length=16), nullable=False),
     sa.Column('origin', sa.String(length=16), nullable=False),
     sa.Column('status', sa.String(length=24), nullable=False),
+    sa.Column('status_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
     sa.Column('stage', sa.String(length=16), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('connector', sa.String(length=64), nullable=True),
@@ -36,6 +37,7 @@ def upgrade() -> None:
     sa.Column('next_attempt_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('unknown_outcome', sa.Boolean(), nullable=False),
+    sa.Column('claimed_until', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('queue_priority', sa.Integer(), nullable=False),
     sa.Column('received_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
@@ -46,6 +48,18 @@ def upgrade() -> None:
         batch_op.create_index('ix_cases_service_authority', ['service', 'authority'], unique=False)
         batch_op.create_index('ix_cases_stage_next', ['stage', 'next_attempt_at'], unique=False)
 
+    op.create_table('connector_health',
+    sa.Column('connector', sa.String(length=64), nullable=False),
+    sa.Column('state', sa.String(length=12), nullable=False),
+    sa.Column('consecutive_failures', sa.Integer(), nullable=False),
+    sa.Column('opened_until', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('successes', sa.Integer(), nullable=False),
+    sa.Column('failures', sa.Integer(), nullable=False),
+    sa.Column('last_success_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('last_failure_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('connector')
+    )
     op.create_table('dead_letters',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('hub_ref', sa.String(length=32), nullable=True),
@@ -103,6 +117,8 @@ def upgrade() -> None:
     op.create_table('sync_cursors',
     sa.Column('connector', sa.String(length=64), nullable=False),
     sa.Column('cursor', sa.Text(), nullable=True),
+    sa.Column('lease_until', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('polled_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('updated_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('connector')
     )
@@ -143,4 +159,5 @@ def downgrade() -> None:
         batch_op.drop_index('ix_cases_service_authority')
 
     op.drop_table('cases')
+    op.drop_table('connector_health')
     # ### end Alembic commands ###

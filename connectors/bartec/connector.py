@@ -1,0 +1,346 @@
+"""The refuse connector: Bartec Collective over SOAP (zeep), with look-up-before-create idempotency."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from lxml import etree
+
+from hubbridge.case import LONDON
+from hubbridge.connectors.base import BackOfficeUpdate, Connector, CreateResult, Delivery, TargetField, UpdatePage
+from hubbridge.connectors.http import HttpClient
+from hubbridge.connectors.soap import call, make_client, target_fields_of
+from hubbridge.errors import BadResponseError, PermanentError
+
+log = structlog.get_logger(__name__)
+
+WSDL = Path(__file__).with_name("bartec.wsdl")
+TNS = "http://bartec-systems.com/"
+BINDING = f"{{{TNS}}}CollectiveAPISoap"
+CREATE_ELEMENT = f"{{{TNS}}}ServiceRequest_Create"
+SAFE_OPERATIONS = frozenset({
+    "Authenticate", "ServiceRequests_Get", "ServiceRequests_Updates_Get", "ServiceRequests_History_Get",
+    "ServiceRequests_Statuses_Get", "ServiceRequests_Notes_Types_Get", "Premises_Get",
+})
+"""Read-only operations: a timeout on them is a plain transient error, not an unknown outcome."""
+CONNECTOR_FILLED = ("token", "ExternalReference")
+"""Request fields the connector sets itself (the session token, and the Hub reference for look-ups)."""
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+INVALID_TOKEN = "Invalid Token"
+
+
+def _local(at: datetime) -> datetime:
+    """Bartec reads and writes UK local time without an offset."""
+    return at.astimezone(LONDON).replace(tzinfo=None)
+
+
+def _aware(at: datetime) -> datetime:
+    return at.replace(tzinfo=LONDON) if at.tzinfo is None else at
+
+
+class _Cursor:
+    """The sync position: the newest change time returned, and the history ids already returned near it.
+
+    Bartec reports change times to the millisecond and many changes share one; reading again from a
+    little before the last time and skipping ids already seen means nothing is lost at a page or time
+    boundary, including a change committed a moment late with an earlier time (up to `lookback`).
+    """
+
+    def __init__(self, at: datetime | None = None, seen: dict[int, float] | None = None) -> None:
+        self.at = at
+        self.seen = seen or {}
+
+    @classmethod
+    def parse(cls, text: str | None, instance: str) -> _Cursor:
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            at = datetime.fromisoformat(data["t"]) if data.get("t") else None
+            seen = {int(k): float(v) for k, v in data.get("seen", {}).items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise PermanentError(f"invalid Bartec sync cursor {text[:80]!r}", instance=instance,
+                                 hint="reset the instance's sync cursor (None reads from the start)") from None
+        if at is not None and at.tzinfo is None:
+            raise PermanentError("invalid Bartec sync cursor: time without zone", instance=instance)
+        return cls(at, seen)
+
+    def dump(self) -> str:
+        data = {"v": 1, "t": self.at.astimezone(UTC).isoformat() if self.at else None,
+                "seen": {str(k): v for k, v in sorted(self.seen.items())}}
+        return json.dumps(data, separators=(",", ":"))
+
+
+class BartecConnector(Connector):
+    """Bartec Collective (refuse and street scene): jobs are service requests with a ServiceCode reference.
+
+    `Delivery.payload` holds the `ServiceRequest_Create` request fields by their SOAP element names
+    (see `target_fields()`); the connector adds the session token and `ExternalReference` (the Hub ref).
+    Options: `auth_endpoint` (Authenticate lives on its own service in real deployments),
+    `note_type` (note type description for `add_note`, default "General note"), `lookback_seconds`.
+    """
+
+    plugin = "bartec"
+    supports_cancel = True
+    supports_notes = True
+
+    def __init__(self, instance: Any, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(instance, env)
+        self.http = HttpClient(instance)
+        self._client, self._service = make_client(WSDL, self.http, instance.endpoint, BINDING, SAFE_OPERATIONS)
+        auth_endpoint = instance.options.get("auth_endpoint") or instance.endpoint
+        self._auth_service = self._client.create_service(BINDING, auth_endpoint)
+        self.lookback = timedelta(seconds=float(instance.options.get("lookback_seconds", 5.0)))
+        self.note_type = str(instance.options.get("note_type", "General note"))
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
+        self._type_of: dict[str, str] = {}  # ServiceCode -> ServiceTypeID; a job's type never changes
+        self._statuses: dict[tuple[str, str], int] = {}  # (ServiceTypeID, status name) -> status ID
+        self._note_type_id: int | None = None
+        self._fields: dict[str, TargetField] | None = None
+        self.log = log.bind(instance=self.name)
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _authenticate(self) -> str:
+        creds = self.instance.credentials
+        user = self.secret(creds.get("username")) or ""
+        password = self.secret(creds.get("password")) or ""
+        result = call(self.name, "Authenticate", lambda: self._auth_service.Authenticate(user=user, password=password))
+        if result is None:
+            raise BadResponseError("Authenticate: empty answer", instance=self.name)
+        errors = result.Errors.Error if result.Errors is not None else []
+        if errors and errors[0].Result:
+            raise PermanentError(f"Authenticate refused: {errors[0].Message or 'no reason given'}", instance=self.name,
+                                 hint="check the Bartec user and password in the environment variables named "
+                                      f"in connectors.{self.name}.credentials")
+        if result.Token is None or not result.Token.TokenString:
+            raise BadResponseError("Authenticate: answer carries no token", instance=self.name)
+        return str(result.Token.TokenString)
+
+    def _session_token(self, renew: bool = False) -> str:
+        with self._token_lock:
+            if renew or self._token is None:
+                self._token = self._authenticate()
+            return self._token
+
+    def _invoke(self, op: str, ref: str | None = None, **params: Any) -> Any:
+        """Call one operation with a session token; a refused token is renewed once; in-body errors raise."""
+        for attempt in (1, 2):
+            token = self._session_token(renew=attempt == 2)
+            result = call(self.name, op, lambda token=token: getattr(self._service, op)(token=token, **params))
+            if result is None:
+                raise BadResponseError(f"{op}: the answer carries no result", instance=self.name,
+                                       hint="the back office or a proxy sent an empty SOAP body")
+            errors = getattr(result, "Errors", None)
+            code = getattr(errors, "Result", 0) if errors is not None else 0
+            if not code:
+                return result
+            message = (getattr(errors, "Message", None) or "no message").strip()
+            if message == INVALID_TOKEN and attempt == 1:
+                self.log.info("bartec.token_renewed", op=op)
+                continue
+            about = f" for {ref}" if ref else ""
+            raise PermanentError(f"{op}{about}: Bartec refused the request: {message}", instance=self.name,
+                                 hint="fix the case or the mapping (UPRN, service type, status) and replay")
+        raise AssertionError("unreachable")
+
+    def _request(self, delivery: Delivery) -> dict[str, Any]:
+        """The create parameters: the payload checked against the WSDL, with the Hub ref as ExternalReference."""
+        params = {k: v for k, v in delivery.payload.items() if k != "token"}
+        given = params.get("ExternalReference")
+        if given not in (None, delivery.hub_ref):
+            self.log.warning("bartec.external_reference_replaced", hub_ref=delivery.hub_ref, given=given)
+        params["ExternalReference"] = delivery.hub_ref
+        problems = _check(params, self._create_fields(), "")
+        if problems:
+            raise PermanentError(f"{delivery.hub_ref}: payload does not fit ServiceRequest_Create: "
+                                 + "; ".join(problems), instance=self.name,
+                                 hint="fix the refuse mapping (field names and lengths are in bartec.wsdl)")
+        return params
+
+    def _message(self, params: dict[str, Any], token: str, hub_ref: str) -> etree._Element:
+        try:
+            return self._client.create_message(self._service, "ServiceRequest_Create", token=token, **params)
+        except (TypeError, ValueError, LookupError, AttributeError) as exc:
+            raise PermanentError(f"{hub_ref}: payload does not fit ServiceRequest_Create: {exc}", instance=self.name,
+                                 hint="fix the refuse mapping (field names and nesting are in bartec.wsdl)") from None
+        except Exception as exc:  # zeep's own validation errors
+            if exc.__class__.__module__.startswith("zeep"):
+                raise PermanentError(f"{hub_ref}: payload does not fit ServiceRequest_Create: {exc}",
+                                     instance=self.name, hint="fix the refuse mapping") from None
+            raise
+
+    def _create_fields(self) -> dict[str, TargetField]:
+        if self._fields is None:
+            self._fields = target_fields_of(self._client, CREATE_ELEMENT)
+        return self._fields
+
+    # -- the Connector interface -------------------------------------------------------------------
+    def target_fields(self) -> Mapping[str, TargetField]:
+        return {k: v for k, v in self._create_fields().items() if k not in CONNECTOR_FILLED}
+
+    def render(self, delivery: Delivery) -> str:
+        params = self._request(delivery)
+        message = self._message(params, "(session token)", delivery.hub_ref)
+        return etree.tostring(message, pretty_print=True, encoding="unicode")
+
+    def find(self, hub_ref: str) -> CreateResult | None:
+        result = self._invoke("ServiceRequests_Get", ref=hub_ref, ExternalReference=hub_ref)
+        # filter again: a Bartec that ignored the criterion would otherwise hand back someone else's job
+        found = [sr for sr in (result.ServiceRequest or []) if (sr.ExternalReference or "").strip() == hub_ref]
+        if not found:
+            return None
+        found.sort(key=lambda sr: sr.id)
+        if len(found) > 1:
+            self.log.warning("bartec.duplicate_jobs", hub_ref=hub_ref, codes=[sr.ServiceCode for sr in found])
+        first = found[0]
+        if first.ServiceType is not None:
+            self._type_of[first.ServiceCode] = str(first.ServiceType.ID)
+        status = first.ServiceStatus.Status if first.ServiceStatus is not None else None
+        return CreateResult(backoffice_ref=first.ServiceCode, status_code=status,
+                            raw={"id": first.id, "ServiceCode": first.ServiceCode, "found": True})
+
+    def create(self, delivery: Delivery) -> CreateResult:
+        bound = self.log.bind(hub_ref=delivery.hub_ref)
+        params = self._request(delivery)
+        self._message(params, "(check)", delivery.hub_ref)  # refuse a bad payload before touching Bartec
+        existing = self.find(delivery.hub_ref)
+        if existing is not None:
+            bound.info("bartec.create.exists", backoffice_ref=existing.backoffice_ref)
+            return existing
+        result = self._invoke("ServiceRequest_Create", ref=delivery.hub_ref, **params)
+        code = (result.ServiceCode or "").strip()
+        if not code:
+            raise BadResponseError(f"ServiceRequest_Create for {delivery.hub_ref}: answer carries no ServiceCode",
+                                   instance=self.name, hint="the job may exist; it is looked up before any retry")
+        if "ServiceTypeID" in params:
+            self._type_of[code] = str(params["ServiceTypeID"])
+        bound.info("bartec.create.done", backoffice_ref=code)
+        return CreateResult(backoffice_ref=code, raw={"ServiceCode": code})
+
+    def updates_since(self, cursor: str | None, limit: int = 100) -> UpdatePage:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        state = _Cursor.parse(cursor, self.name)
+        since = state.at - self.lookback if state.at else EPOCH
+        changed = self._invoke("ServiceRequests_Updates_Get", LastUpdated=_local(since))
+        found: list[tuple[datetime, int, Any]] = []
+        for job in changed.ServiceRequest_Updates or []:
+            if job.DateChanged is None or _aware(job.DateChanged) < since:
+                continue
+            history = self._invoke("ServiceRequests_History_Get", ref=job.ServiceCode,
+                                   ServiceRequestID=job.ServiceRequestID, Date=_local(since))
+            for h in history.ServiceRequest_History or []:
+                at = _aware(h.DateChanged)
+                if at < since or h.id in state.seen:
+                    continue
+                found.append((at, h.id, h))
+        found.sort(key=lambda f: (f[0], f[1]))
+        page = found[:limit]
+        updates = [self._update(at, h) for at, _, h in page]
+        if page:
+            newest = max(state.at or page[-1][0], page[-1][0])
+            horizon = (newest - self.lookback).timestamp()
+            seen = {k: v for k, v in state.seen.items() if v >= horizon}
+            seen.update({hid: at.timestamp() for at, hid, _ in page if at.timestamp() >= horizon})
+            state = _Cursor(newest, seen)
+        return UpdatePage(updates=updates, cursor=state.dump(), has_more=len(found) > limit)
+
+    def _update(self, at: datetime, h: Any) -> BackOfficeUpdate:
+        code = h.ServiceCode
+        if not code or not h.ServiceStatusName:
+            raise BadResponseError(f"ServiceRequests_History_Get: record {h.id} lacks ServiceCode or status",
+                                   instance=self.name)
+        note = None
+        if h.RecordStamp is not None and h.RecordStamp.Comments:
+            note = h.RecordStamp.Comments.strip() or None
+        return BackOfficeUpdate(
+            backoffice_ref=code, update_id=str(h.id), occurred_at=at.astimezone(UTC),
+            status_code=h.ServiceStatusName.strip(), note=note, hub_ref=(h.ExternalReference or "").strip() or None,
+            service_code=self._service_type(code),
+            raw={"ServiceTypeName": h.ServiceTypeName, "ServiceClassName": h.ServiceClassName,
+                 "ClosingCode": h.ClosingCode},
+        )
+
+    def _service_type(self, code: str) -> str | None:
+        if code not in self._type_of:
+            result = self._invoke("ServiceRequests_Get", ref=code, ServiceCode=code)
+            for sr in result.ServiceRequest or []:
+                if sr.ServiceCode == code and sr.ServiceType is not None:
+                    if len(self._type_of) > 50_000:  # bounded: a cache, not a store
+                        self._type_of.clear()
+                    self._type_of[code] = str(sr.ServiceType.ID)
+        return self._type_of.get(code)
+
+    def _job(self, code: str) -> Any:
+        result = self._invoke("ServiceRequests_Get", ref=code, ServiceCode=code)
+        for sr in result.ServiceRequest or []:
+            if sr.ServiceCode == code:
+                return sr
+        raise PermanentError(f"Bartec has no service request {code}", instance=self.name,
+                             hint="check the back-office reference linked to the case")
+
+    def cancel(self, backoffice_ref: str, reason: str) -> None:
+        job = self._job(backoffice_ref)
+        current = job.ServiceStatus.Status if job.ServiceStatus is not None else None
+        if current == "CANCELLED":
+            return  # already done: cancelling is idempotent
+        type_id = str(job.ServiceType.ID)
+        if (type_id, "CANCELLED") not in self._statuses:
+            result = self._invoke("ServiceRequests_Statuses_Get", ref=backoffice_ref, ServiceTypeID=int(type_id))
+            for st in result.ServiceStatus or []:
+                self._statuses[(str(st.ServiceTypeID), st.Status.strip())] = st.ID
+        status = self._statuses.get((type_id, "CANCELLED"))
+        if status is None:
+            raise PermanentError(f"Bartec service type {type_id} has no CANCELLED status; cannot cancel "
+                                 f"{backoffice_ref}", instance=self.name, hint="cancel it in Bartec by hand")
+        self._invoke("ServiceRequest_Status_Set", ref=backoffice_ref, ServiceCode=backoffice_ref, StatusID=status,
+                     Comments=(reason or "Cancelled from the Hub")[:500])
+
+    def add_note(self, backoffice_ref: str, note: str) -> None:
+        if self._note_type_id is None:
+            result = self._invoke("ServiceRequests_Notes_Types_Get")
+            types = {t.Description.strip(): t.ID for t in result.ServiceNoteType or [] if t.Description}
+            if not types:
+                raise BadResponseError("ServiceRequests_Notes_Types_Get: no note types", instance=self.name)
+            self._note_type_id = types.get(self.note_type, next(iter(types.values())))
+        if len(note) > 2000:  # Bartec's note field is bounded; keep the start and say so
+            note = note[:1980] + " … (truncated)"
+        self._invoke("ServiceRequest_Note_Create", ref=backoffice_ref, ServiceCode=backoffice_ref,
+                     NoteTypeID=self._note_type_id, Note=note, Comment="Note added by hubbridge")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _check(value: Any, fields: Mapping[str, TargetField], path: str) -> list[str]:
+    """Names and lengths of a payload against the WSDL, so a too-long field is refused with its name."""
+    problems: list[str] = []
+    if not isinstance(value, Mapping):
+        return [f"{path or 'payload'} must be a mapping of element names"]
+    for key, item in value.items():
+        where = f"{path}{key}"
+        field = fields.get(key)
+        if field is None:
+            problems.append(f"{where} is not a ServiceRequest_Create element")
+            continue
+        items = item if field.repeated and isinstance(item, list) else [item]
+        for one in items:
+            if field.children:
+                if one is not None:
+                    problems.extend(_check(one, field.children, f"{where}."))
+            elif isinstance(one, str):
+                if field.max_length is not None and len(one) > field.max_length:
+                    problems.append(f"{where} is {len(one)} characters, over Bartec's limit of {field.max_length}")
+                if field.enum and one not in field.enum:
+                    problems.append(f"{where} {one!r} is not one of {', '.join(field.enum)}")
+    return problems
+
+
+__all__ = ["BartecConnector"]

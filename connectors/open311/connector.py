@@ -1,0 +1,483 @@
+"""The highways connector: Open311 GeoReport v2 (JSON or XML) with FixMyStreet's service request updates.
+
+Creates are idempotent: every request carries the Hub reference as an identifying attribute
+(`attribute[hub_ref]`, like FixMyStreet's `fixmystreet_id` on Confirm), and `create` looks it up with
+`GET requests?attribute[hub_ref]=...` before posting. Updates come from `GET servicerequestupdates`
+with a cursor of (high-water timestamp, update ids already returned near it), so updates sharing a
+timestamp or arriving a little late are neither skipped nor repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import requests
+import structlog
+from pydantic import ValidationError
+
+from hubbridge.connectors.base import BackOfficeUpdate, Connector, CreateResult, Delivery, TargetField, UpdatePage
+from hubbridge.connectors.http import HttpClient, parse_xml, retry_after_seconds
+from hubbridge.connectors.open311.models import Open311Request, request_target_fields
+from hubbridge.errors import (
+    BadResponseError,
+    ConfigError,
+    PermanentError,
+    TransientError,
+    UnknownOutcomeError,
+)
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+    from hubbridge.config.models import ConnectorInstance
+
+log = structlog.get_logger(__name__)
+
+MASK = "********"
+LOOKUP_CHUNK = 50
+CACHE_SIZE = 20000
+
+
+@dataclass(frozen=True)
+class _Update:
+    update_id: str
+    request_id: str
+    at: datetime
+    row: dict[str, Any]
+
+
+def _num(value: float | int) -> str:
+    """Numbers as a back office expects them in a form: no trailing `.0` on whole numbers."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def w3c(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _id_key(update_id: str) -> tuple[int, int, str]:
+    return (0, int(update_id), "") if update_id.isdigit() else (1, 0, update_id)
+
+
+class Open311Connector(Connector):
+    """GeoReport v2 client for a highways back office (Confirm / Symology behind an Open311 front).
+
+    Options: `format` (json|xml, default json), `jurisdiction_id`, `ref_attribute` (default hub_ref),
+    `server_timezone` (for timestamps without an offset, default Europe/London), `overlap_seconds`
+    (how far back each poll looks for late updates, default 60), `api_key_on_reads` (send the key on GETs
+    too, default false), `note_first_name` / `note_last_name` / `note_email` (author of notes sent).
+    Credentials: `api_key` (the environment variable holding the key).
+    """
+
+    plugin = "open311"
+    supports_cancel = True
+    supports_notes = True
+
+    def __init__(self, instance: ConnectorInstance, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(instance, env)
+        opts = instance.options
+        self.format = str(opts.get("format", "json")).lower()
+        if self.format not in ("json", "xml"):
+            raise ConfigError(f"format must be json or xml, not {self.format!r}",
+                              key=f"connectors.{self.name}.options.format")
+        self.ref_attribute = str(opts.get("ref_attribute", "hub_ref"))
+        self.jurisdiction_id = opts.get("jurisdiction_id")
+        self.overlap = timedelta(seconds=float(opts.get("overlap_seconds", 60)))
+        self.api_key_on_reads = bool(opts.get("api_key_on_reads", False))
+        self.note_author = {k: str(opts[f"note_{k}"]) for k in ("first_name", "last_name", "email")
+                            if opts.get(f"note_{k}")} or {"first_name": "Worcestershire", "last_name": "Hub"}
+        try:
+            self.server_tz = ZoneInfo(str(opts.get("server_timezone", "Europe/London")))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"unknown time zone {opts.get('server_timezone')!r}",
+                              key=f"connectors.{self.name}.options.server_timezone") from None
+        self.base = instance.endpoint if instance.endpoint.endswith("/") else instance.endpoint + "/"
+        self.http = HttpClient(instance)
+        self._api_key: str | None = None
+        # service_request_id -> request record: hub_ref and service_code never change for a request
+        self._requests: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    # -- the Connector interface ---------------------------------------------------------------
+    def target_fields(self) -> Mapping[str, TargetField]:
+        return request_target_fields()
+
+    def create(self, delivery: Delivery) -> CreateResult:
+        bound = log.bind(hub_ref=delivery.hub_ref, instance=self.name)
+        request = self._validate(delivery)
+        existing = self.find(delivery.hub_ref)
+        if existing is not None:
+            bound.info("open311.create.exists", backoffice_ref=existing.backoffice_ref)
+            return existing
+        pairs = self._form(request, delivery.hub_ref, self._key())
+        rows = self._call("POST", "requests", data=pairs, sending=True, what=f"create for {delivery.hub_ref}")
+        row = rows[0] if rows and isinstance(rows[0], dict) else {}
+        sid = row.get("service_request_id")
+        if sid in (None, ""):
+            if row.get("token"):
+                # accepted for later processing: the id will exist, found by the Hub reference
+                raise UnknownOutcomeError(
+                    f"request for {delivery.hub_ref} accepted with token {row['token']} but no id yet",
+                    instance=self.name, hint="it will be looked up by its Hub reference before any resend")
+            raise BadResponseError(f"create for {delivery.hub_ref}: answer has no service_request_id: "
+                                   f"{str(rows)[:200]}", instance=self.name)
+        sid = str(sid)
+        self._remember(sid, {"service_request_id": sid, "service_code": request.service_code,
+                             "attributes": {self.ref_attribute: delivery.hub_ref}})
+        bound.info("open311.create.done", backoffice_ref=sid)
+        return CreateResult(sid, None, raw=row)
+
+    def find(self, hub_ref: str) -> CreateResult | None:
+        params = {f"attribute[{self.ref_attribute}]": hub_ref}
+        rows = self._call("GET", "requests", params=params, what=f"look-up of {hub_ref}")
+        # only trust requests that echo the reference: a server ignoring the filter must not match
+        matches = [r for r in rows if isinstance(r, dict) and isinstance(r.get("attributes"), dict)
+                   and str(r["attributes"].get(self.ref_attribute) or "") == hub_ref
+                   and r.get("service_request_id") not in (None, "")]
+        if not matches:
+            return None
+        if len(matches) > 1:
+            log.warning("open311.find.duplicates", hub_ref=hub_ref, instance=self.name,
+                        refs=[str(m["service_request_id"]) for m in matches])
+        first = min(matches, key=lambda r: (str(r.get("requested_datetime") or ""),
+                                            _id_key(str(r["service_request_id"]))))
+        sid = str(first["service_request_id"])
+        self._remember(sid, first)
+        return CreateResult(sid, str(first["status"]) if first.get("status") else None, raw=first)
+
+    def updates_since(self, cursor: str | None, limit: int = 100) -> UpdatePage:
+        limit = max(1, limit)
+        high, seen = self._decode_cursor(cursor)
+        params: dict[str, str] = {}
+        low = high - self.overlap if high else None
+        if low is not None:
+            params["start_date"] = w3c(low.replace(microsecond=0))  # rounding down only ever adds
+        rows = self._call("GET", "servicerequestupdates", params=params, what="updates")
+        fresh: dict[str, _Update] = {}
+        for row in rows:
+            u = self._parse_update(row)
+            if (low is not None and u.at < low) or u.update_id in seen:
+                continue
+            fresh.setdefault(u.update_id, u)
+        ordered = sorted(fresh.values(), key=lambda u: (u.at, _id_key(u.update_id)))
+        page, has_more = ordered[:limit], len(ordered) > limit
+        records = self._lookup({u.request_id for u in page})
+        out = []
+        for u in page:
+            rec = records[u.request_id]
+            attrs = rec.get("attributes") if isinstance(rec.get("attributes"), dict) else {}
+            hub_ref = attrs.get(self.ref_attribute) or None
+            status = u.row.get("external_status_code") or u.row.get("status") or None
+            out.append(BackOfficeUpdate(
+                backoffice_ref=u.request_id, update_id=u.update_id, occurred_at=u.at,
+                status_code=str(status) if status is not None else None,
+                note=str(u.row.get("description") or "") or None,
+                hub_ref=str(hub_ref) if hub_ref else None,
+                service_code=str(rec["service_code"]) if rec.get("service_code") else None,
+                raw={"update": u.row, "request": rec},
+            ))
+        if page:
+            seen.update({u.update_id: u.at for u in page})
+            high = max([high, *[u.at for u in page]]) if high else max(u.at for u in page)
+        return UpdatePage(out, self._encode_cursor(high, seen), has_more)
+
+    def add_note(self, backoffice_ref: str, note: str) -> None:
+        record = self._get_request(backoffice_ref)
+        # send the request's own state, so a note on a closed request does not reopen (or close) it
+        status = "CLOSED" if str(record.get("status", "open")).lower() == "closed" else "OPEN"
+        self._post_update(backoffice_ref, status, note, kind="note")
+
+    def cancel(self, backoffice_ref: str, reason: str) -> None:
+        self._post_update(backoffice_ref, "CLOSED", f"Cancelled by the Hub: {reason}", kind="cancel")
+
+    def render(self, delivery: Delivery) -> str:
+        request = self._validate(delivery)
+        pairs = self._form(request, delivery.hub_ref, MASK)
+        # the same encoding `create` sends, byte for byte, except that the key's value is masked
+        body = "&".join(f"api_key={MASK}" if k == "api_key" else urlencode([(k, v)]) for k, v in pairs)
+        fields = "\n".join(f"  {k} = {v}" for k, v in pairs)
+        return (f"POST {self._url('requests')}\nContent-Type: application/x-www-form-urlencoded; charset=utf-8\n\n"
+                f"{body}\n\n# the same fields, decoded:\n{fields}\n")
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- reading the service catalogue ---------------------------------------------------------
+    def services(self) -> list[dict[str, Any]]:
+        """The service list (`GET services`): service_code, service_name, group, metadata, ..."""
+        return [r for r in self._call("GET", "services", what="service list", auth=False) if isinstance(r, dict)]
+
+    def service_definition(self, service_code: str) -> dict[str, Any]:
+        """One service's definition (`GET services/{code}`): its attributes with datatypes and values."""
+        what = f"definition of service {service_code}"
+        url = self._url(f"services/{quote(service_code, safe='')}")
+        resp = self._send("GET", url, params=self._params({}, auth=False), sending=False)
+        if self.format == "json":
+            data = self.http.json(resp, url)
+            if not isinstance(data, dict) or not isinstance(data.get("attributes", []), list):
+                raise BadResponseError(f"{what} is not a service definition object", instance=self.name)
+            return data
+        root = self._xml(resp, url, what)
+        if root.tag == "errors":
+            self._raise_error_document(root, what)
+        if root.tag != "service_definition":
+            raise BadResponseError(f"{what}: expected <service_definition>, got <{root.tag}>", instance=self.name)
+        attrs = []
+        for a in root.iterfind("attributes/attribute"):
+            item: dict[str, Any] = {c.tag: c.text or "" for c in a if isinstance(c.tag, str) and c.tag != "values"}
+            for key in ("variable", "required"):
+                if key in item:
+                    item[key] = str(item[key]).lower() == "true"
+            if item.get("order") and str(item["order"]).isdigit():
+                item["order"] = int(item["order"])
+            values = [{"key": v.findtext("key"), "name": v.findtext("name")} for v in a.iterfind("values/value")]
+            if values:
+                item["values"] = values
+            attrs.append(item)
+        return {"service_code": root.findtext("service_code"), "attributes": attrs}
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _key(self) -> str:
+        if self._api_key is None:
+            env_name = self.instance.credentials.get("api_key")
+            if env_name is None:
+                raise ConfigError("the open311 plugin needs credentials.api_key (the environment variable name)",
+                                  key=f"connectors.{self.name}.credentials")
+            self._api_key = self.secret(env_name) or ""
+        return self._api_key
+
+    def _validate(self, delivery: Delivery) -> Open311Request:
+        payload = delivery.payload
+        if isinstance(payload.get("attributes"), dict) and self.ref_attribute in payload["attributes"]:
+            # the connector owns the identifying attribute; a mapping must not be able to set another value
+            payload = {**payload, "attributes": {k: v for k, v in payload["attributes"].items()
+                                                 if k != self.ref_attribute}}
+        try:
+            return Open311Request.model_validate(payload)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"
+                                 for e in exc.errors())
+            raise PermanentError(f"payload for {delivery.hub_ref} does not fit the Open311 request: {problems}",
+                                 instance=self.name,
+                                 hint="fix the mapping's output for these fields and replay") from None
+
+    def _form(self, request: Open311Request, hub_ref: str, api_key: str) -> list[tuple[str, str]]:
+        pairs: list[tuple[str, str]] = [("api_key", api_key)]
+        if self.jurisdiction_id:
+            pairs.append(("jurisdiction_id", str(self.jurisdiction_id)))
+        data = request.model_dump(exclude_none=True)
+        attributes = data.pop("attributes", {})
+        for name in Open311Request.model_fields:
+            value = data.get(name)
+            if value is None:
+                continue
+            pairs.append((name, _num(value) if isinstance(value, int | float) else str(value)))
+        pairs.append((f"attribute[{self.ref_attribute}]", hub_ref))
+        for code, value in attributes.items():
+            pairs.append((f"attribute[{code}]", _num(value) if isinstance(value, int | float) else str(value)))
+        return pairs
+
+    def _url(self, resource: str) -> str:
+        return f"{self.base}{resource}.{self.format}"
+
+    def _params(self, params: Mapping[str, str], *, auth: bool) -> dict[str, str]:
+        out = dict(params)
+        if self.jurisdiction_id:
+            out["jurisdiction_id"] = str(self.jurisdiction_id)
+        if auth and self.api_key_on_reads:
+            out["api_key"] = self._key()
+        return out
+
+    def _send(self, method: str, url: str, *, sending: bool, form: bool = False, **kwargs: Any) -> requests.Response:
+        headers = {"Accept": "application/json" if self.format == "json" else "text/xml, application/xml"}
+        if form:
+            headers["Content-Type"] = "application/x-www-form-urlencoded; charset=utf-8"
+        resp = self.http.request(method, url, sending=sending, headers=headers, **kwargs)
+        if resp.status_code >= 400:
+            self._raise_http_error(resp, url)
+        return resp
+
+    def _call(self, method: str, resource: str, *, params: Mapping[str, str] | None = None,
+              data: list[tuple[str, str]] | None = None, sending: bool = False, what: str = "request",
+              auth: bool = True) -> list[Any]:
+        """Send one GeoReport call and return its rows (the list inside a JSON array or the XML root)."""
+        url = self._url(resource)
+        query = self._params(params or {}, auth=auth and data is None)
+        if data is not None:
+            resp = self._send(method, url, sending=sending, params=query, data=urlencode(data).encode(),
+                              form=True)
+        else:
+            resp = self._send(method, url, sending=sending, params=query)
+        if self.format == "json":
+            body = self.http.json(resp, url)
+            if isinstance(body, dict) and isinstance(body.get("errors"), list):
+                self._raise_errors(body["errors"], what, resp.status_code)
+            if not isinstance(body, list):
+                raise BadResponseError(f"{what}: expected a JSON array from {url}, got {type(body).__name__}",
+                                       instance=self.name)
+            if body and all(isinstance(r, dict) and set(r) <= {"code", "description"} and "description" in r
+                            for r in body):
+                self._raise_errors(body, what, resp.status_code)  # an error list sent with 200
+            return body
+        root = self._xml(resp, url, what)
+        if root.tag == "errors":
+            self._raise_error_document(root, what)
+        return [self._xml_row(child) for child in root]
+
+    def _xml(self, resp: requests.Response, url: str, what: str) -> etree._Element:
+        ctype = resp.headers.get("Content-Type", "")
+        if "xml" not in ctype:
+            raise BadResponseError(f"{what}: expected XML from {url}, got content type {ctype or 'none'!r}",
+                                   instance=self.name)
+        return parse_xml(resp.content, self.name, what)
+
+    @staticmethod
+    def _xml_row(el: etree._Element) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for child in el:
+            if not isinstance(child.tag, str):
+                continue  # comments, processing instructions
+            row[child.tag] = {g.tag: g.text for g in child if isinstance(g.tag, str)} if len(child) else child.text
+        return row
+
+    def _raise_http_error(self, resp: requests.Response, url: str) -> None:
+        errors = self._error_list(resp)
+        detail = "; ".join(f"{e.get('description') or ''} (code {e.get('code')})".strip() for e in errors)
+        detail = detail or resp.text[:200].replace("\n", " ")
+        code = resp.status_code
+        if code == 429:
+            raise TransientError(f"rate limited (429) by {url}: {detail}", instance=self.name,
+                                 retry_after=retry_after_seconds(resp.headers.get("Retry-After")))
+        if code >= 500 or code in (408, 425):
+            raise TransientError(f"HTTP {code} from {url}: {detail}", instance=self.name)
+        if code in (401, 403) or "api_key" in detail:
+            env = self.instance.credentials.get("api_key", "the api_key variable")
+            raise PermanentError(f"HTTP {code} from {url}: {detail}", instance=self.name,
+                                 hint=f"the back office refused the api_key: check ${env}, then replay")
+        raise PermanentError(f"HTTP {code} refused by {url}: {detail}", instance=self.name,
+                             hint="the back office refused the request itself; fix the mapping or the case and replay")
+
+    def _error_list(self, resp: requests.Response) -> list[dict[str, Any]]:
+        """The `<errors>` / JSON error list of a failed answer, or [] when the body is something else."""
+        body = resp.content or b""
+        try:
+            if body.lstrip()[:1] in (b"[", b"{"):
+                data = json.loads(body)
+                if isinstance(data, dict):
+                    data = data.get("errors", [data])
+                return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+            if body.lstrip()[:1] == b"<":
+                root = parse_xml(body, self.name, "error answer")
+                return [{"code": e.findtext("code"), "description": e.findtext("description")}
+                        for e in root.iter("error")]
+        except (ValueError, BadResponseError):
+            return []
+        return []
+
+    def _raise_errors(self, errors: list[Any], what: str, status: int) -> None:
+        items = [e for e in errors if isinstance(e, dict)]
+        codes = []
+        for e in items:
+            code = str(e.get("code") or "")
+            if code.isdigit():
+                codes.append(int(code))
+        detail = "; ".join(f"{e.get('description')} (code {e.get('code')})" for e in items) or str(errors)[:200]
+        if any(c >= 500 for c in codes):
+            raise TransientError(f"{what}: back office error: {detail}", instance=self.name)
+        raise PermanentError(f"{what}: refused by the back office: {detail}", instance=self.name,
+                             hint="fix the mapping or the case and replay")
+
+    def _raise_error_document(self, root: etree._Element, what: str) -> None:
+        errors = [{"code": e.findtext("code"), "description": e.findtext("description")} for e in root.iter("error")]
+        self._raise_errors(errors, what, 200)
+
+    def _parse_update(self, row: Any) -> _Update:
+        if not isinstance(row, dict):
+            raise BadResponseError(f"service request update is not an object: {str(row)[:100]}", instance=self.name)
+        uid, sid, when = row.get("update_id"), row.get("service_request_id"), row.get("updated_datetime")
+        if uid in (None, "") or sid in (None, "") or not when:
+            raise BadResponseError(f"service request update lacks update_id, service_request_id or "
+                                   f"updated_datetime: {str(row)[:200]}", instance=self.name)
+        return _Update(str(uid), str(sid), self._parse_time(str(when)), row)
+
+    def _parse_time(self, value: str) -> datetime:
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise BadResponseError(f"updated_datetime {value!r} is not a W3C datetime", instance=self.name) from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=self.server_tz)
+
+    def _remember(self, sid: str, record: dict[str, Any]) -> None:
+        self._requests[sid] = record
+        self._requests.move_to_end(sid)
+        while len(self._requests) > CACHE_SIZE:
+            self._requests.popitem(last=False)
+
+    def _lookup(self, ids: set[str]) -> dict[str, dict[str, Any]]:
+        """The request records (hub_ref attribute, service_code) of the given ids, batched and cached."""
+        missing = sorted(i for i in ids if i not in self._requests)
+        for start in range(0, len(missing), LOOKUP_CHUNK):
+            chunk = missing[start:start + LOOKUP_CHUNK]
+            rows = self._call("GET", "requests", params={"service_request_id": ",".join(chunk)},
+                              what="request look-up for updates")
+            for row in rows:
+                if isinstance(row, dict) and row.get("service_request_id") not in (None, ""):
+                    self._remember(str(row["service_request_id"]), row)
+        absent = [i for i in ids if i not in self._requests]
+        if absent:
+            # never guess: a missing record would make a Hub job look like one raised in the back office
+            raise BadResponseError(f"updates name requests the back office does not return: {', '.join(absent)}",
+                                   instance=self.name)
+        return {i: self._requests[i] for i in ids}
+
+    def _get_request(self, backoffice_ref: str) -> dict[str, Any]:
+        rows = self._call("GET", f"requests/{quote(backoffice_ref, safe='')}", what=f"request {backoffice_ref}")
+        row = next((r for r in rows if isinstance(r, dict)), None)
+        if row is None:
+            raise PermanentError(f"request {backoffice_ref} not found", instance=self.name)
+        return row
+
+    def _post_update(self, backoffice_ref: str, status: str, text: str, *, kind: str) -> None:
+        # a stable update_id lets the back office drop a resend after an unknown outcome
+        digest = hashlib.sha256(f"{kind}|{backoffice_ref}|{text}".encode()).hexdigest()[:24]
+        pairs = [("api_key", self._key())]
+        if self.jurisdiction_id:
+            pairs.append(("jurisdiction_id", str(self.jurisdiction_id)))
+        pairs += [("service_request_id", backoffice_ref), ("update_id", f"hub-{digest}"),
+                  ("updated_datetime", w3c(datetime.now(UTC).replace(microsecond=0))), ("status", status),
+                  ("description", text), *self.note_author.items()]
+        rows = self._call("POST", "servicerequestupdates", data=pairs, sending=True,
+                          what=f"{kind} on request {backoffice_ref}")
+        if not rows or not isinstance(rows[0], dict) or rows[0].get("update_id") in (None, ""):
+            raise BadResponseError(f"{kind} on request {backoffice_ref}: answer has no update_id", instance=self.name)
+        log.info(f"open311.{kind}.done", backoffice_ref=backoffice_ref, instance=self.name)
+
+    # -- cursor ----------------------------------------------------------------------------------
+    def _decode_cursor(self, cursor: str | None) -> tuple[datetime | None, dict[str, datetime]]:
+        if not cursor:
+            return None, {}
+        try:
+            data = json.loads(cursor)
+            high = datetime.fromisoformat(data["t"]) if data.get("t") else None
+            seen = {str(k): datetime.fromisoformat(v) for k, v in data.get("seen", {}).items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise PermanentError(f"update cursor {cursor[:80]!r} is not an open311 cursor", instance=self.name,
+                                 hint="reset this instance's sync cursor") from None
+        return high, seen
+
+    def _encode_cursor(self, high: datetime | None, seen: dict[str, datetime]) -> str:
+        if high is not None:  # keep only the ids a later poll can still see again
+            floor = high - self.overlap
+            seen = {k: v for k, v in seen.items() if v >= floor}
+        return json.dumps({"t": high.isoformat() if high else None,
+                           "seen": {k: v.isoformat() for k, v in sorted(seen.items(), key=lambda kv: kv[1])}},
+                          separators=(",", ":"))

@@ -1,0 +1,139 @@
+"""structlog set-up: JSON in production, readable in a terminal, personal data redacted on every line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
+REDACTED = "[redacted]"
+
+# Keys whose values are personal data or secrets whatever they contain.
+SENSITIVE_KEYS = frozenset(
+    {
+        "name",
+        "customer",
+        "first_name",
+        "last_name",
+        "full_name",
+        "phone",
+        "telephone",
+        "mobile",
+        "email",
+        "address",
+        "line1",
+        "line2",
+        "postcode",
+        "description",
+        "note",
+        "notes",
+        "resolution",
+        "payload",
+        "password",
+        "token",
+        "api_key",
+        "secret",
+        "authorization",
+        "ni_number",
+        "nino",
+        "bank_account",
+        "account_number",
+        "sort_code",
+        "iban",
+        "body",
+        "contact",
+    }
+)
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[email]"),
+    # National Insurance number (loosely, so HMRC's own example QQ 12 34 56 C is caught too)
+    (re.compile(r"\b[A-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b", re.I), "[ni-number]"),
+    (re.compile(r"\b\d{2}-\d{2}-\d{2}\b"), "[sort-code]"),
+    (re.compile(r"\bGB\d{2}[A-Z]{4}\d{14}\b", re.I), "[iban]"),
+    (re.compile(r"(?<![\w-])(?:\+44\s?|0)(?:\d[\s-]?){9,10}\b"), "[phone]"),
+    (re.compile(r"\b\d{8}\b"), "[account-number]"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [secret]"),
+]
+
+
+def redact_text(text: str) -> str:
+    """Replace e-mails, phone numbers, NI numbers and bank details inside free text."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact_value(key: str | None, value: Any) -> Any:
+    if key is not None and key.lower() in SENSITIVE_KEYS and value not in (None, "", [], {}):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(None, v) for v in value]
+    return value
+
+
+def redact_personal_data(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: nothing personal or secret leaves in a log line."""
+    for key in list(event_dict):
+        if key in ("level", "timestamp", "logger", "hub_ref", "correlation_id"):
+            continue
+        event_dict[key] = redact_value(None if key in ("event", "exception") else key, event_dict[key])
+    return event_dict
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is now (test capture and daemonising both swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
+    """Configure structlog and route stdlib logging (celery, uvicorn) through the same redaction."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_personal_data,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = _StderrHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("zeep", "urllib3", "amqp", "kombu", "alembic.runtime.migration", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

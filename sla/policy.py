@@ -1,0 +1,374 @@
+"""SLA policies from `config/sla.yaml`: calendars, clock rules, per-service policies and escalations.
+
+Validated with file:line:col errors like the rest of config, then resolved per (policy, priority) into
+plain `ClockSpec`s the engine uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from hubbridge.case import SERVICE_KEY_PATTERN, HubStatus, Priority
+from hubbridge.config.models import ServicesFile
+from hubbridge.config.yamlfile import YamlDoc, load_yaml
+from hubbridge.errors import ConfigError, ConfigErrors
+from hubbridge.sla.calendar import BusinessCalendar, parse_hours
+
+SLA_FILE = "sla.yaml"
+ELAPSED = BusinessCalendar.twenty_four_seven("24x7")
+"""The calendar of elapsed-hours targets: wall-clock time whatever the policy's calendar."""
+REQUIRED_CLOCKS = ("acknowledge", "resolve")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,30}$")]
+PolicyKey = Annotated[str, StringConstraints(pattern=SERVICE_KEY_PATTERN, max_length=80)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DateRange(Strict):
+    """Closed on every day from `from` to `to`, both included."""
+
+    from_: date = Field(alias="from")
+    to: date
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> DateRange:
+        if self.to < self.from_:
+            raise ValueError("'to' is before 'from'")
+        if (self.to - self.from_).days > 366:
+            raise ValueError("a closure longer than a year is not a closure")
+        return self
+
+    def days(self) -> list[date]:
+        return [self.from_ + timedelta(days=i) for i in range((self.to - self.from_).days + 1)]
+
+
+class Closure(Strict):
+    date: date
+    reason: str | None = None
+
+
+class CalendarSpec(Strict):
+    """A named business calendar."""
+
+    description: str | None = None
+    timezone: str = "Europe/London"
+    always_open: bool = Field(False, description="24/7: business time is elapsed time")
+    hours: dict[Annotated[str, StringConstraints(pattern="^(mon|tue|wed|thu|fri|sat|sun)$")],
+                str | list[str] | None] = Field(default_factory=dict, description="Local opening hours per weekday")
+    bank_holidays: bool = Field(True, description="Closed on England & Wales bank holidays")
+    closures: list[date | Closure | DateRange] = Field(default_factory=list, description="Local closure days")
+    working_day_hours: Annotated[float, Field(gt=0, le=24)] | None = Field(
+        None, description="Business hours in one working day; default the most common weekday's hours")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for spans in value.values():
+            for span in [spans] if isinstance(spans, str) else (spans or []):
+                parse_hours(span)
+        return value
+
+    @model_validator(mode="after")
+    def _some_hours(self) -> CalendarSpec:
+        if not self.always_open and not any(self.hours.values()):
+            raise ValueError("a calendar needs opening hours on at least one weekday, or always_open: true")
+        return self
+
+    def build(self, name: str) -> BusinessCalendar:
+        if self.always_open:
+            return BusinessCalendar(name, always_open=True, bank_holidays=False, tz=ZoneInfo(self.timezone))
+        hours = {}
+        for key, spans in self.hours.items():
+            listed = [spans] if isinstance(spans, str) else (spans or [])
+            hours[WEEKDAYS.index(key)] = sorted(parse_hours(s) for s in listed)
+        closed: list[date] = []
+        for c in self.closures:
+            if isinstance(c, DateRange):
+                closed.extend(c.days())
+            elif isinstance(c, Closure):
+                closed.append(c.date)
+            else:
+                closed.append(c)
+        return BusinessCalendar(name, hours, tz=ZoneInfo(self.timezone), bank_holidays=self.bank_holidays,
+                                closures=closed, working_day_hours=self.working_day_hours)
+
+
+class Target(Strict):
+    """How long a clock may run: exactly one of working hours, working days or elapsed hours."""
+
+    working_hours: Annotated[float, Field(gt=0, le=100000)] | None = None
+    working_days: Annotated[float, Field(gt=0, le=5000)] | None = None
+    elapsed_hours: Annotated[float, Field(gt=0, le=100000)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Target:
+        given = [k for k in ("working_hours", "working_days", "elapsed_hours") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of working_hours, working_days, elapsed_hours")
+        return self
+
+    @property
+    def elapsed(self) -> bool:
+        return self.elapsed_hours is not None
+
+    def duration(self, calendar: BusinessCalendar) -> timedelta:
+        """The target as business time in `calendar` (elapsed hours are always wall-clock time)."""
+        if self.working_hours is not None:
+            return timedelta(hours=self.working_hours)
+        if self.working_days is not None:
+            return calendar.working_day * self.working_days
+        return timedelta(hours=self.elapsed_hours or 0)
+
+    def describe(self) -> str:
+        if self.working_hours is not None:
+            return f"{self.working_hours:g} working hours"
+        if self.working_days is not None:
+            return f"{self.working_days:g} working days"
+        return f"{self.elapsed_hours:g} elapsed hours"
+
+
+class ClockRules(Strict):
+    """Which Hub statuses start, pause, stop and (after a stop) restart a clock."""
+
+    start_on: list[HubStatus] | None = None
+    pause_on: list[HubStatus] | None = None
+    stop_on: list[HubStatus] | None = None
+    restart_on: list[HubStatus] | None = Field(None, description="Statuses that reopen a stopped clock")
+    on_restart: str | None = Field(None, pattern="^(reset|resume)$",
+                                   description="reset: a fresh target from the reopen; resume: keep time spent")
+
+
+class ClockConfig(ClockRules):
+    """One clock of a policy; rules left out come from `clock_rules`."""
+
+    target: Target | None = None
+    calendar: Name | None = None
+    warn_fraction: Fraction | None = None
+    escalation: Name | None = None
+
+
+class PriorityOverride(Strict):
+    """What changes for one priority: the calendar, escalation, and any clock's target or rules."""
+
+    calendar: Name | None = None
+    warn_fraction: Fraction | None = None
+    escalation: Name | None = None
+    clocks: dict[Name, ClockConfig] = Field(default_factory=dict)
+
+
+class PolicyConfig(Strict):
+    description: str | None = None
+    calendar: Name
+    warn_fraction: Fraction | None = None
+    escalation: Name | None = None
+    clocks: dict[Name, ClockConfig]
+    priorities: dict[Priority, PriorityOverride] = Field(default_factory=dict)
+
+
+class Escalation(Strict):
+    """Where breached work goes: a named team and the queue its work is routed to."""
+
+    description: str
+    queue: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9._-]{0,80}$")]
+    hub_team: str | None = Field(None, description="The Hub team told about the breach")
+
+
+class SlaFile(Strict):
+    schema_: str | None = Field(None, alias="$schema")
+    warn_fraction: Fraction = 0.75
+    clock_rules: dict[Name, ClockRules]
+    calendars: dict[Name, CalendarSpec]
+    escalations: dict[Name, Escalation] = Field(default_factory=dict)
+    policies: dict[PolicyKey, PolicyConfig]
+
+
+@dataclass(frozen=True)
+class Rules:
+    start_on: frozenset[HubStatus]
+    pause_on: frozenset[HubStatus]
+    stop_on: frozenset[HubStatus]
+    restart_on: frozenset[HubStatus]
+    on_restart: str
+
+
+@dataclass(frozen=True)
+class ClockSpec:
+    """One clock of a policy at one priority, fully resolved."""
+
+    name: str
+    target: timedelta
+    target_text: str
+    calendar: BusinessCalendar
+    warn_fraction: float
+    escalation: str | None
+    rules: Rules
+
+    @property
+    def warn_after(self) -> timedelta:
+        return timedelta(seconds=round(self.target.total_seconds() * self.warn_fraction))
+
+
+@dataclass
+class SlaConfig:
+    """The validated SLA config with calendars built."""
+
+    path: Path
+    file: SlaFile
+    calendars: dict[str, BusinessCalendar]
+
+    @property
+    def escalations(self) -> dict[str, Escalation]:
+        return self.file.escalations
+
+    def calendar(self, name: str) -> BusinessCalendar:
+        """A calendar by name; `24x7` is always there for elapsed-hours targets."""
+        if name == ELAPSED.name:
+            return ELAPSED
+        try:
+            return self.calendars[name]
+        except KeyError:
+            raise ConfigError(f"no calendar {name!r}", path=str(self.path),
+                              hint="a clock in the store names a calendar the config no longer has") from None
+
+    def policy(self, key: str) -> PolicyConfig:
+        try:
+            return self.file.policies[key]
+        except KeyError:
+            raise ConfigError(f"no SLA policy {key!r}", path=str(self.path),
+                              hint="known policies: " + ", ".join(sorted(self.file.policies))) from None
+
+    def clocks(self, key: str, priority: Priority | str) -> dict[str, ClockSpec]:
+        """Every clock of policy `key` at `priority`, overrides applied."""
+        pol = self.policy(key)
+        prio = Priority(priority)
+        over = pol.priorities.get(prio) or PriorityOverride()
+        out = {}
+        for name, base in pol.clocks.items():
+            spec = over.clocks.get(name) or ClockConfig()
+            rules_base = self.file.clock_rules.get(name) or ClockRules()
+
+            def pick(field: str, spec: ClockConfig = spec, base: ClockConfig = base,
+                     rules_base: ClockRules = rules_base) -> Any:
+                for src in (spec, base, rules_base):
+                    value = getattr(src, field)
+                    if value is not None:
+                        return value
+                return None
+
+            cal_name = spec.calendar or over.calendar or base.calendar or pol.calendar
+            target = spec.target or base.target
+            assert target is not None  # checked at load
+            calendar = ELAPSED if target.elapsed else self.calendars[cal_name]
+            rules = Rules(
+                start_on=frozenset(pick("start_on") or [HubStatus.ROUTED]),
+                pause_on=frozenset(pick("pause_on") or []),
+                stop_on=frozenset(pick("stop_on") or []),
+                restart_on=frozenset(pick("restart_on") or []),
+                on_restart=pick("on_restart") or "reset",
+            )
+            out[name] = ClockSpec(
+                name=name,
+                target=target.duration(self.calendars[cal_name]),
+                target_text=target.describe(),
+                calendar=calendar,
+                warn_fraction=(spec.warn_fraction or over.warn_fraction or base.warn_fraction
+                               or pol.warn_fraction or self.file.warn_fraction),
+                escalation=spec.escalation or over.escalation or base.escalation or pol.escalation,
+                rules=rules,
+            )
+        return out
+
+
+def load_sla_config(config_dir: Path | str) -> SlaConfig:
+    """Load and cross-check `sla.yaml` in `config_dir`; every problem is reported with file:line:col."""
+    cdir = Path(config_dir)
+    path = cdir / SLA_FILE
+    if not path.is_file():
+        raise ConfigError("file is missing", path=str(path), hint="the SLA policies live in sla.yaml")
+    doc = load_yaml(path)
+    sla = doc.validate(SlaFile)
+    errors = _cross_check(doc, sla, cdir)
+    calendars: dict[str, BusinessCalendar] = {}
+    for name, spec in sla.calendars.items():
+        calendars[name] = spec.build(name)
+    if errors:
+        raise ConfigErrors(errors)
+    return SlaConfig(path=path, file=sla, calendars=calendars)
+
+
+def _cross_check(doc: YamlDoc, sla: SlaFile, cdir: Path) -> list[ConfigError]:
+    import difflib
+
+    def near(word: str, choices: Any) -> str | None:
+        close = difflib.get_close_matches(word, list(choices), n=1)
+        return f"did you mean {close[0]!r}?" if close else None
+
+    errs: list[ConfigError] = []
+
+    def check_ref(kind: str, value: str | None, known: dict[str, Any], loc: list[Any]) -> None:
+        if value is not None and value not in known:
+            errs.append(doc.error(f"unknown {kind} {value!r}", loc, near(value, known)))
+
+    for key, pol in sla.policies.items():
+        base = ["policies", key]
+        check_ref("calendar", pol.calendar, sla.calendars, [*base, "calendar"])
+        check_ref("escalation", pol.escalation, sla.escalations, [*base, "escalation"])
+        for clock in REQUIRED_CLOCKS:
+            if clock not in pol.clocks:
+                errs.append(doc.error(f"policy has no {clock!r} clock", [*base, "clocks"],
+                                      "every policy times at least acknowledge and resolve"))
+        for name, clock in pol.clocks.items():
+            loc = [*base, "clocks", name]
+            if clock.target is None:
+                errs.append(doc.error("required key is missing", [*loc, "target"]))
+            check_ref("calendar", clock.calendar, sla.calendars, [*loc, "calendar"])
+            check_ref("escalation", clock.escalation, sla.escalations, [*loc, "escalation"])
+            if name not in sla.clock_rules and clock.stop_on is None:
+                errs.append(doc.error(f"clock {name!r} has no stop_on and no clock_rules entry", loc))
+        for prio, over in pol.priorities.items():
+            loc = [*base, "priorities", prio.value]
+            check_ref("calendar", over.calendar, sla.calendars, [*loc, "calendar"])
+            check_ref("escalation", over.escalation, sla.escalations, [*loc, "escalation"])
+            for name, clock in over.clocks.items():
+                if name not in pol.clocks:
+                    errs.append(doc.error(f"clock {name!r} is not one of this policy's clocks",
+                                          [*loc, "clocks", name], near(name, pol.clocks)))
+                check_ref("calendar", clock.calendar, sla.calendars, [*loc, "clocks", name, "calendar"])
+                check_ref("escalation", clock.escalation, sla.escalations, [*loc, "clocks", name, "escalation"])
+    services_path = cdir / "services.yaml"
+    if services_path.is_file():
+        try:
+            services = load_yaml(services_path).validate(ServicesFile).services
+        except (ConfigError, ConfigErrors):
+            services = None  # reported by the main config loader
+        if services is not None:
+            for key in sla.policies:
+                if key not in services:
+                    errs.append(doc.error(f"no service {key!r} in services.yaml", ["policies", key],
+                                          near(key, services)))
+            for key in services:
+                if key not in sla.policies:
+                    errs.append(doc.error(f"service {key!r} has no SLA policy", ["policies"],
+                                          "every case's SLA is timed: add a policy for it"))
+    return errs

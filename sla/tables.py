@@ -1,0 +1,94 @@
+"""Store tables of the SLA engine: one row per clock of a case, its pauses, and each sweep run.
+
+A clock carries its running state as columns (spent business time up to `since`, `due_at`, `warn_at`)
+so the sweep finds warnings and breaches with an index range scan, never by replaying history.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from hubbridge.workflows.store import ID, Base, utcnow
+
+PENDING = "pending"
+RUNNING = "running"
+PAUSED = "paused"
+STOPPED = "stopped"
+OPEN_STATES = (PENDING, RUNNING, PAUSED)
+TICKING_STATES = (RUNNING, PAUSED)
+"""Paused clocks stay in the sweep: one paused after its due time was reached still breaches."""
+
+
+class SlaClockRow(Base):
+    """One SLA clock (acknowledge, resolve, ...) of one case."""
+
+    __tablename__ = "sla_clocks"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    hub_ref: Mapped[str] = mapped_column(String(32))
+    clock: Mapped[str] = mapped_column(String(32))
+    service: Mapped[str] = mapped_column(String(80))
+    authority: Mapped[str] = mapped_column(String(64))
+    policy: Mapped[str] = mapped_column(String(80))
+    priority: Mapped[str] = mapped_column(String(16))
+    calendar: Mapped[str] = mapped_column(String(32))
+    escalation: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(10), default=PENDING)  # pending | running | paused | stopped
+    target_s: Mapped[int] = mapped_column(BigInteger)  # business seconds allowed
+    warn_s: Mapped[int] = mapped_column(BigInteger)  # business seconds before the warning
+    spent_s: Mapped[int] = mapped_column(BigInteger, default=0)  # business seconds used up to `since`
+    since: Mapped[datetime | None] = mapped_column()  # start of the running segment (running only)
+    started_at: Mapped[datetime | None] = mapped_column()
+    due_at: Mapped[datetime | None] = mapped_column()
+    warn_at: Mapped[datetime | None] = mapped_column()
+    paused_at: Mapped[datetime | None] = mapped_column()
+    stopped_at: Mapped[datetime | None] = mapped_column()
+    stop_status: Mapped[str | None] = mapped_column(String(24))
+    warned: Mapped[bool] = mapped_column(default=False)
+    warned_at: Mapped[datetime | None] = mapped_column()
+    breached: Mapped[bool] = mapped_column(default=False)
+    breached_at: Mapped[datetime | None] = mapped_column()
+    warn_sweep: Mapped[int | None] = mapped_column(BigInteger)  # the sweep that fired the warning
+    breach_sweep: Mapped[int | None] = mapped_column(BigInteger)  # the sweep that fired the breach
+    pauses: Mapped[int] = mapped_column(Integer, default=0)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("hub_ref", "clock", name="uq_sla_clocks_ref_clock"),
+        Index("ix_sla_clocks_state_due", "state", "due_at"),
+        Index("ix_sla_clocks_state_warn", "state", "warn_at"),
+        Index("ix_sla_clocks_warn_sweep", "warn_sweep"),
+        Index("ix_sla_clocks_breach_sweep", "breach_sweep"),
+        Index("ix_sla_clocks_started", "started_at"),
+    )
+
+
+class SlaPauseRow(Base):
+    """One pause of a clock: from the pausing status until the clock runs (or stops) again."""
+
+    __tablename__ = "sla_pauses"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    clock_id: Mapped[int] = mapped_column(ID, ForeignKey("sla_clocks.id", ondelete="CASCADE"), index=True)
+    hub_ref: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(24))
+    paused_at: Mapped[datetime] = mapped_column()
+    resumed_at: Mapped[datetime | None] = mapped_column()
+
+
+class SlaSweepRow(Base):
+    """One run of the sweep; its id marks the clocks it fired so the actions can be done set-based."""
+
+    __tablename__ = "sla_sweeps"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column()
+    warnings: Mapped[int] = mapped_column(Integer, default=0)
+    breaches: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,139 @@
+"""A whole hubbridge on loopback for end-to-end tests: simulators, config, worker and beat processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ruamel.yaml import YAML
+from sqlalchemy import func, select
+
+from hubbridge.config.settings import SHIPPED_CONFIG_DIR
+from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
+from hubbridge.workflows.store import CaseRow, session_scope
+
+
+def write_config(dest: Path, hub_url: str, plugin_urls: dict[str, str], plugins: Iterable[str]) -> Path:
+    """Copy the shipped config, keep only routes of `plugins`, and point endpoints at the simulators."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in SHIPPED_CONFIG_DIR.glob("*.yaml"):
+        shutil.copy(f, dest / f.name)
+    yaml = YAML()
+    conns = yaml.load((dest / "connectors.yaml").read_text())
+    conns["hub"]["endpoint"] = hub_url
+    keep = set(plugins)
+    for name in list(conns["connectors"]):
+        inst = conns["connectors"][name]
+        if inst["plugin"] not in keep:
+            del conns["connectors"][name]
+            continue
+        base = urlsplit(plugin_urls[inst["plugin"]])
+        old = urlsplit(inst["endpoint"])
+        inst["endpoint"] = urlunsplit((base.scheme, base.netloc, old.path, "", ""))
+        inst["poll_seconds"] = 1
+        inst["timeouts"] = {"connect": 2, "read": 3}
+        inst["retry"] = {"max_attempts": 30, "base_seconds": 0.5, "max_seconds": 5}
+        inst["circuit"] = {"failure_threshold": 50, "reset_seconds": 2}
+    with (dest / "connectors.yaml").open("w") as fh:
+        yaml.dump(conns, fh)
+    routes = yaml.load((dest / "routes.yaml").read_text())
+    routes["routes"] = [r for r in routes["routes"] if r["connector"] in conns["connectors"]]
+    with (dest / "routes.yaml").open("w") as fh:
+        yaml.dump(routes, fh)
+    return dest
+
+
+@dataclass
+class Stack:
+    """Simulators in this process; worker and beat as real processes on the given broker and store."""
+
+    root: Path
+    database_url: str
+    broker_url: str
+    plugins: tuple[str, ...] = ("bartec",)
+    workers: int = 2
+    sims: dict[str, Any] = field(default_factory=dict)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, *, beat: bool = True, tick_seconds: float = 1.0) -> Stack:
+        from hubbridge.connectors.hub import HubSimulator
+
+        self.sims["hub"] = HubSimulator(token=DEMO_SECRETS["HUBBRIDGE_HUB_TOKEN"]).start()
+        for plugin in self.plugins:
+            sim = simulator_for(plugin, 0).start()
+            sim.auto_advance(tick_seconds, sim.store.advance)
+            self.sims[plugin] = sim
+        cfg = write_config(self.root / "config", self.sims["hub"].endpoint,
+                           {p: self.sims[p].url for p in self.plugins}, self.plugins)
+        from hubbridge.config.loader import load_config
+        from hubbridge.config.settings import Settings
+        from hubbridge.workflows.demo import _credential_names, demo_environment
+
+        names = _credential_names(load_config(cfg, Settings(config_dir=cfg)))
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("HUBBRIDGE_")},
+                    **demo_environment(names),
+                    "HUBBRIDGE_CONFIG_DIR": str(cfg), "HUBBRIDGE_DATA_DIR": str(self.root / "var"),
+                    "HUBBRIDGE_DATABASE_URL": self.database_url, "HUBBRIDGE_BROKER_URL": self.broker_url,
+                    "HUBBRIDGE_LOG_FORMAT": "json", "HUBBRIDGE_SWEEP_SECONDS": "1",
+                    "HUBBRIDGE_RECONCILE_AFTER_SECONDS": "20"}
+        self.start_worker()
+        if beat:
+            self.spawn("beat", ["beat", "--loglevel=INFO"])
+        return self
+
+    def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
+        return self.spawn(name, ["worker", f"--concurrency={self.workers}", "--loglevel=INFO"])
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "hubbridge.workflows.cli", *args], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def submit(self, cases: list[dict[str, Any]]) -> dict[str, int]:
+        path = self.root / f"cases-{time.monotonic_ns()}.jsonl"
+        path.write_text("".join(json.dumps(c) + "\n" for c in cases))
+        done = subprocess.run([sys.executable, "-m", "hubbridge.workflows.cli", "submit", str(path)], env=self.env,
+                              capture_output=True, timeout=300)
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+    def settled(self) -> int:
+        with session_scope(self.database_url) as s:
+            return int(s.scalar(select(func.count()).select_from(CaseRow)
+                                .where(CaseRow.stage.in_(("acknowledged", "dead")))) or 0)
+
+    def wait_settled(self, n: int, timeout: float = 240.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.settled()
+            if done >= n:
+                return done
+            time.sleep(0.5)
+        return self.settled()
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text()[-4000:]}" for p in self.root.glob("*.log"))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(20)
+                except (subprocess.TimeoutExpired, ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        for sim in self.sims.values():
+            sim.stop()

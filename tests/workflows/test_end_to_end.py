@@ -1,0 +1,107 @@
+"""A Hub case in, a back-office job out, its status back in the Hub: real worker and beat processes.
+
+Runs on the embedded default (SQLite store, SQLite broker) and, marked `services`, on the real
+RabbitMQ and PostgreSQL on localhost. The simulators' own records are the oracle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from hubbridge.workflows.casegen import generate_cases
+from hubbridge.workflows.store import CaseRow, LinkRow, session_scope
+from tests.conftest import AMQP_URL
+
+from .stack import Stack
+
+N_CASES = 40
+REFUSE = ("refuse.missed-collection",)
+
+
+def _check(stack: Stack, refs: list[str]) -> None:
+    hub, bartec = stack.sims["hub"], stack.sims["bartec"]
+    with session_scope(stack.database_url) as s:
+        stages = dict(s.execute(select(CaseRow.hub_ref, CaseRow.stage)).all())
+        links = dict(s.execute(select(LinkRow.hub_ref, LinkRow.backoffice_ref)).all())
+    assert {stages[r] for r in refs} == {"acknowledged"}, stack.logs()
+    jobs = bartec.store.count_by_hub_ref()
+    for ref in refs:
+        assert jobs.get(ref) == 1, f"{ref} made {jobs.get(ref)} back-office jobs"
+        # the Hub holds exactly the reference the back office gave
+        assert hub.backoffice_ref(ref) == links[ref]
+        assert bartec.store.by_ref(bartec.store.by_hub_ref(_tenant(bartec, ref), ref)[0].tenant,
+                                   links[ref]) is not None
+    assert hub.out_of_order == []
+
+
+def _tenant(sim, ref: str) -> str:  # type: ignore[no-untyped-def]
+    return next(j.tenant for j in sim.store.jobs.values() if j.hub_ref == ref)
+
+
+def _sync_back(stack: Stack, refs: list[str], timeout: float = 60.0) -> None:
+    """Jobs move on in the back office (the simulator ticks); beat's poll brings each change to the Hub."""
+    hub, bartec = stack.sims["hub"], stack.sims["bartec"]
+    deadline = time.monotonic() + timeout
+    want = bartec.store.lifecycle[-1]
+    while time.monotonic() < deadline:
+        if all(j.status == want for j in bartec.store.jobs.values()) and all(
+                (hub.latest(r) or {}).get("status") in ("resolved", "closed") for r in refs):
+            break
+        time.sleep(0.5)
+    for ref in refs:
+        statuses = [u["status"] for u in hub.updates_for(ref)]
+        sequences = [u["sequence"] for u in hub.updates_for(ref)]
+        assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+        assert statuses[0] == "delivered"
+        assert statuses[-1] in ("resolved", "closed"), (ref, statuses, stack.logs())
+    assert hub.out_of_order == []
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[Stack]:
+    stack = Stack(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}",
+                  f"embedded+sqlite:///{tmp_path / 'broker.sqlite'}")
+    from hubbridge.workflows.store import migrate
+
+    migrate(stack.database_url)
+    yield stack.start()
+    stack.stop()
+
+
+def test_refuse_cases_flow_end_to_end_on_the_embedded_default(embedded: Stack) -> None:
+    cases = list(generate_cases(N_CASES, services=REFUSE))
+    assert embedded.submit(cases) == {"accepted": N_CASES, "duplicate": 0, "rejected": 0}
+    refs = [c["ref"] for c in cases if c["service"] == "refuse.missed-collection"]
+    assert embedded.wait_settled(N_CASES) >= N_CASES, embedded.logs()
+    _check(embedded, refs)
+    _sync_back(embedded, refs)
+
+
+@pytest.fixture
+def on_services(tmp_path: Path, pg_url: str) -> Iterator[Stack]:
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    stack = Stack(tmp_path, pg_url, AMQP_URL)
+    # start from empty queues: another run's leftover messages must not count here
+    for q in ("hubbridge.deliver", "hubbridge.hub", "hubbridge.sync", "hubbridge.control"):
+        with Connection(AMQP_URL, connect_timeout=5) as conn, contextlib.suppress(NotFound):
+            conn.default_channel.queue_purge(q)
+    yield stack.start()
+    stack.stop()
+
+
+@pytest.mark.services
+def test_refuse_cases_flow_end_to_end_on_rabbitmq_and_postgresql(on_services: Stack) -> None:
+    cases = list(generate_cases(N_CASES, services=REFUSE, seed=7))
+    assert on_services.submit(cases)["accepted"] == N_CASES
+    refs = [c["ref"] for c in cases if c["service"] == "refuse.missed-collection"]
+    assert on_services.wait_settled(N_CASES) >= N_CASES, on_services.logs()
+    _check(on_services, refs)
+    _sync_back(on_services, refs)

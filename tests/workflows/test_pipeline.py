@@ -1,0 +1,187 @@
+"""Each queued step on its own, against the simulators: exactly once, in order, nothing lost."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+
+from hubbridge.workflows import pipeline
+from hubbridge.workflows.casegen import generate_cases
+from hubbridge.workflows.store import (
+    CaseRow,
+    DeadLetterRow,
+    HubUpdateRow,
+    LinkRow,
+    SyncCursorRow,
+    session_scope,
+    utcnow,
+)
+
+from .conftest import Rig
+
+_serials = itertools.count(1, 1000)
+
+
+def missed_bins(n: int, seed: int = 1) -> list[dict]:
+    """Missed-bin cases with refs no other test uses (the simulators live for the whole module)."""
+    cases = generate_cases(n * 6, seed=seed, start_serial=next(_serials))
+    return [c for c in cases if c["service"] == "refuse.missed-collection"][:n]
+
+
+def accept(rig: Rig, case: dict) -> str:
+    return pipeline.accept_case(rig.rt, json.dumps(case)).hub_ref
+
+
+def row(rig: Rig, ref: str) -> CaseRow:
+    with session_scope(rig.url) as s:
+        found = s.scalar(select(CaseRow).where(CaseRow.hub_ref == ref))
+        assert found is not None
+        return found
+
+
+def jobs(rig: Rig, ref: str) -> int:
+    return rig.backoffice.store.count_by_hub_ref().get(ref, 0)
+
+
+def test_delivery_links_the_case_and_acknowledges_the_hub(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1)[0])
+    out = pipeline.deliver_case(rig.rt, ref)
+    assert out.kind == "done" and out.push == [ref]
+    assert pipeline.push_hub(rig.rt, ref).kind == "done"
+    r = row(rig, ref)
+    assert r.stage == "acknowledged" and r.status == "delivered" and r.mapping_version
+    with session_scope(rig.url) as s:
+        link = s.scalar(select(LinkRow).where(LinkRow.hub_ref == ref))
+    assert link is not None and rig.hub.backoffice_ref(ref) == link.backoffice_ref
+    assert jobs(rig, ref) == 1
+    # a redelivered message changes nothing
+    assert pipeline.deliver_case(rig.rt, ref).kind == "skipped"
+    assert jobs(rig, ref) == 1
+
+
+def test_transient_fault_retries_then_delivers_once(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1)[0])
+    rig.backoffice.faults.next("error500", 3)
+    out = pipeline.deliver_case(rig.rt, ref)
+    assert out.kind == "retry" and out.retry_in is not None
+    r = row(rig, ref)
+    assert r.attempts == 1 and "will be retried" in (r.last_error or "") and r.next_attempt_at > utcnow()
+    rig.backoffice.faults.clear()
+    assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+    assert jobs(rig, ref) == 1
+
+
+def test_unknown_outcome_is_looked_up_before_creating_again(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1)[0])
+    rig.backoffice.faults.slow_seconds = 4.0  # beyond the 3 s read timeout: the job is made, the answer lost
+    rig.backoffice.faults.next("slow", match="ServiceRequest_Create")
+    out = pipeline.deliver_case(rig.rt, ref)
+    assert out.kind == "retry"
+    assert row(rig, ref).unknown_outcome
+    assert jobs(rig, ref) == 1
+    assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+    assert jobs(rig, ref) == 1, "the second attempt must find the first job, not make another"
+
+
+def test_refused_case_is_dead_lettered_with_the_reason(rig: Rig) -> None:
+    case = missed_bins(1)[0]
+    bad_uprn = next(iter(sorted(rig.backoffice.unknown_uprns)))
+    case["location"]["uprn"] = bad_uprn
+    case["customer"]["address"]["uprn"] = bad_uprn
+    ref = accept(rig, case)
+    out = pipeline.deliver_case(rig.rt, ref)
+    assert out.kind == "dead"
+    with session_scope(rig.url) as s:
+        dl = s.scalar(select(DeadLetterRow).where(DeadLetterRow.hub_ref == ref))
+    assert dl is not None and dl.stage == "deliver" and dl.reason == "refused"
+    assert "UPRN" in dl.detail
+    assert json.loads(dl.payload)["ref"] == ref
+    assert jobs(rig, ref) == 0
+
+
+def test_retries_run_out_into_the_dead_letter_store(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1)[0])
+    limit = rig.rt.config.connectors[row(rig, ref).connector].retry.max_attempts
+    rig.backoffice.faults.next("error500", limit + 5)
+    kinds = [pipeline.deliver_case(rig.rt, ref).kind for _ in range(limit)]
+    _release(rig, ref)
+    assert kinds[-1] == "dead" and set(kinds[:-1]) <= {"retry", "skipped"}
+    with session_scope(rig.url) as s:
+        dl = s.scalar(select(DeadLetterRow).where(DeadLetterRow.hub_ref == ref))
+    assert dl is not None and dl.reason == "retries_exhausted"
+    rig.backoffice.faults.clear()
+
+
+def _release(rig: Rig, ref: str) -> None:
+    with session_scope(rig.url) as s:
+        s.execute(update(CaseRow).where(CaseRow.hub_ref == ref).values(claimed_until=None))
+
+
+def test_two_workers_on_one_case_make_one_job(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1)[0])
+    rig.backoffice.faults.slow_seconds = 1.0
+    rig.backoffice.faults.next("slow", match="ServiceRequest_Create")  # hold the first worker inside the call
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(pipeline.deliver_case(rig.rt, ref).kind))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["done", "skipped"]
+    assert jobs(rig, ref) == 1
+
+
+def test_updates_reach_the_hub_in_order_once(rig: Rig) -> None:
+    refs = [accept(rig, c) for c in missed_bins(3)]
+    for ref in refs:
+        pipeline.deliver_case(rig.rt, ref)
+        pipeline.push_hub(rig.rt, ref)
+    store = rig.backoffice.store
+    for _ in range(len(store.lifecycle)):
+        store.advance()
+        for name in sorted({r.connector.name for r in rig.rt.config.routes.values()}):
+            for ref in pipeline.poll_connector(rig.rt, name).push:
+                pipeline.push_hub(rig.rt, ref)
+    for ref in refs:
+        ups = rig.hub.updates_for(ref)
+        assert [u["sequence"] for u in ups] == list(range(1, len(ups) + 1))
+        assert ups[-1]["status"] in ("resolved", "closed")
+    # reading every page again from the start adds nothing: updates are taken once
+    with session_scope(rig.url) as s:
+        before = s.scalar(select(func.count()).select_from(HubUpdateRow))
+        s.execute(update(SyncCursorRow).values(cursor=None))
+    for name in sorted({r.connector.name for r in rig.rt.config.routes.values()}):
+        pipeline.poll_connector(rig.rt, name)
+    with session_scope(rig.url) as s:
+        assert s.scalar(select(func.count()).select_from(HubUpdateRow)) == before
+    assert rig.hub.out_of_order == []
+
+
+def test_hub_outage_keeps_updates_in_order_until_it_answers(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1)[0])
+    pipeline.deliver_case(rig.rt, ref)
+    rig.hub.faults.down = True
+    assert pipeline.push_hub(rig.rt, ref).kind == "retry"
+    assert row(rig, ref).stage == "delivered"
+    rig.hub.faults.down = False
+    assert pipeline.push_hub(rig.rt, ref).kind == "done"
+    assert row(rig, ref).stage == "acknowledged"
+    assert [u["status"] for u in rig.hub.updates_for(ref)] == ["delivered"]
+
+
+def test_reconcile_requeues_lost_work(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1)[0])
+    # the message for this case was lost: nothing happens until its lease runs out
+    assert ref not in pipeline.reconcile(rig.rt).deliver
+    later = utcnow() + timedelta(seconds=rig.rt.settings.reconcile_after_seconds + 1)
+    sweep = pipeline.reconcile(rig.rt, now=later)
+    assert sweep.deliver == [ref]
+    assert pipeline.reconcile(rig.rt, now=later).deliver == []  # leased again: not queued twice
+    pipeline.deliver_case(rig.rt, ref)
+    sweep = pipeline.reconcile(rig.rt, now=later + timedelta(seconds=rig.rt.settings.reconcile_after_seconds + 1))
+    assert ref in sweep.push  # its Hub update was never pushed

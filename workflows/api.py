@@ -1,0 +1,116 @@
+"""The intake API: the Hub CRM posts cases here; operators read case status and metrics.
+
+Intake is signed with HMAC (X-Hubbridge-Timestamp / X-Hubbridge-Signature) using the secret in the
+environment variable named by settings.intake_secret_env; status endpoints need the API token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+
+from hubbridge.errors import CaseValidationError, SecurityError
+from hubbridge.workflows import pipeline
+
+log = structlog.get_logger(__name__)
+
+INTAKE = Counter("hubbridge_intake_total", "Hub cases posted to the intake API", ["outcome"])
+
+
+def create_app(rt: pipeline.Runtime | None = None, *, enqueue: bool = True) -> FastAPI:
+    """Build the intake app; `enqueue=False` stores cases without queueing (reconcile picks them up)."""
+    api = FastAPI(title="hubbridge intake", version="0.1.0", docs_url="/docs", redoc_url=None)
+    state: dict[str, Any] = {"rt": rt}
+
+    def runtime() -> pipeline.Runtime:
+        if state["rt"] is None:
+            state["rt"] = pipeline.runtime()
+        return state["rt"]
+
+    async def read_body(request: Request) -> bytes:
+        limit = runtime().settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, f"body of {declared} bytes is over the {limit}-byte limit")
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise HTTPException(413, f"body is over the {limit}-byte limit")
+        return bytes(body)
+
+    def require_token(request: Request) -> None:
+        expected = os.environ.get(runtime().settings.api_token_env)
+        if not expected:
+            raise HTTPException(503, f"admin endpoints are disabled: set {runtime().settings.api_token_env}")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    @api.post("/cases", status_code=202)
+    async def intake(request: Request) -> JSONResponse:
+        body = await read_body(request)
+        secret = os.environ.get(runtime().settings.intake_secret_env)
+        if not secret:
+            INTAKE.labels("refused").inc()
+            raise HTTPException(503, f"intake is disabled until {runtime().settings.intake_secret_env} is set")
+        from hubbridge.signing import verify
+
+        try:
+            verify(request.headers, body, secret)
+        except SecurityError as exc:
+            INTAKE.labels("unsigned").inc()
+            log.warning("intake.refused", reason=str(exc))
+            raise HTTPException(401, str(exc)) from None
+        rt = runtime()
+        try:
+            accepted = pipeline.accept_case(rt, body, channel="api")
+        except CaseValidationError as exc:
+            INTAKE.labels("invalid").inc()
+            return JSONResponse(
+                status_code=422,
+                content={
+                    "error": "invalid Hub case",
+                    "ref": exc.where,
+                    "fields": exc.fields,
+                    "hint": "the case was recorded as rejected; correct the named fields and resend",
+                },
+            )
+        if enqueue and not accepted.duplicate:
+            from hubbridge.workflows.tasks import enqueue_delivery
+
+            try:
+                enqueue_delivery(accepted.hub_ref)
+            except Exception as exc:  # the case is stored; reconcile will queue it
+                log.warning("intake.enqueue_failed", hub_ref=accepted.hub_ref, error=str(exc)[:200])
+        INTAKE.labels("duplicate" if accepted.duplicate else "accepted").inc()
+        return JSONResponse(
+            status_code=202,
+            content={"ref": accepted.hub_ref, "status": "duplicate" if accepted.duplicate else "accepted"},
+        )
+
+    @api.get("/cases/{ref}")
+    def case_status(ref: str, request: Request) -> dict[str, Any]:
+        require_token(request)
+        from hubbridge.workflows.trail import case_trail
+
+        trail = case_trail(runtime().url, ref)
+        if trail is None:
+            raise HTTPException(404, f"no case {ref}")
+        return trail
+
+    @api.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    return api

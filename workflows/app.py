@@ -1,0 +1,100 @@
+"""The Celery app and its broker: RabbitMQ in production, an embedded SQLite transport by default.
+
+The embedded default (see `broker.py`) is kombu's SQLAlchemy transport on a SQLite file: it needs no server, keeps
+queued messages on disk across restarts, and runs the real Celery worker and beat. It has no
+publisher confirms and keeps a message only in the worker's memory once taken, so the store stays
+the source of truth: every case is written before it is queued, and beat's reconcile sweep
+re-queues any case whose message was lost (a killed worker, a lost publish).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, task_prerun, worker_process_init
+
+from hubbridge.config.settings import Settings, get_settings
+from hubbridge.workflows.broker import queue_declarations
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    broker = settings.resolved_broker_url
+    app = Celery("hubbridge", broker=broker, include=["hubbridge.workflows.tasks"])
+    transport_options: dict[str, Any] = {}
+    if broker.startswith("amqp"):
+        transport_options = {"confirm_publish": True}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        result_backend=None,
+        task_default_delivery_mode="persistent",
+        task_queues=queue_declarations(settings),
+        task_default_queue="hubbridge.deliver",
+        task_default_exchange="hubbridge",
+        task_default_routing_key="deliver",
+        task_create_missing_queues=False,
+        task_routes={
+            "hubbridge.deliver_case": {"queue": "hubbridge.deliver", "routing_key": "deliver"},
+            "hubbridge.push_hub": {"queue": "hubbridge.hub", "routing_key": "hub"},
+            "hubbridge.poll_connector": {"queue": "hubbridge.sync", "routing_key": "sync"},
+            "hubbridge.reconcile": {"queue": "hubbridge.control", "routing_key": "control"},
+            "hubbridge.poll_due": {"queue": "hubbridge.control", "routing_key": "control"},
+            "hubbridge.drain_dead": {"queue": "hubbridge.control", "routing_key": "control"},
+        },
+        task_queue_max_priority=10,
+        task_default_priority=0,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        beat_schedule={
+            "reconcile": {"task": "hubbridge.reconcile", "schedule": settings.sweep_seconds},
+            "poll-due": {"task": "hubbridge.poll_due", "schedule": settings.sweep_seconds},
+        },
+        timezone="UTC",
+        enable_utc=True,
+    )
+    if broker.startswith("amqp"):
+        app.conf.beat_schedule["drain-dead"] = {"task": "hubbridge.drain_dead", "schedule": 30.0}
+    return app
+
+
+app = make_app()
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    from hubbridge.log import configure_logging
+
+    s = get_settings()
+    configure_logging(s.log_format, s.log_level)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked pool process must not share the parent's database connections.
+    from hubbridge.workflows.store import engine_for
+
+    engine_for.cache_clear()
+
+
+@task_prerun.connect
+def _bind_correlation(task: Any = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
+    ref = (kwargs or {}).get("hub_ref") or (args[0] if args else None)
+    structlog.contextvars.bind_contextvars(task=getattr(task, "name", None))
+    if isinstance(ref, str) and ref[:2].isalpha():
+        structlog.contextvars.bind_contextvars(hub_ref=ref)

@@ -1,0 +1,263 @@
+"""The `hubbridge` command: run the pieces, feed cases, look cases up, and the admin tools."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hubbridge.config.settings import get_settings
+from hubbridge.errors import CaseValidationError, ConfigErrors, HubbridgeError
+
+app = typer.Typer(
+    help="hubbridge: Hub cases to back offices and back, on queued workflows with SLAs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _logging() -> None:
+    from hubbridge.log import configure_logging
+
+    s = get_settings()
+    configure_logging(s.log_format, s.log_level)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the store's schema (Alembic) at HUBBRIDGE_DATABASE_URL."""
+    from hubbridge.workflows.store import migrate as run
+
+    url = get_settings().resolved_database_url
+    run(url)
+    console.print(f"store at [bold]{_safe_url(url)}[/] is up to date")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes")] = 2,
+    queues: Annotated[str, typer.Option(help="Queues to consume")] = "hubbridge.deliver,hubbridge.hub,"
+    "hubbridge.sync,hubbridge.control",
+    pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Start a Celery worker on the configured broker."""
+    from hubbridge.workflows.app import app as celery_app
+    from hubbridge.workflows.store import migrate as run
+
+    run(get_settings().resolved_database_url)
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--queues={queues}",
+            f"--pool={pool}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"hubbridge-%h-{Path.cwd().name}",
+        ]
+    )
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
+    """Start Celery beat: reconcile lost work, poll back offices for updates, sweep SLA clocks."""
+    from hubbridge.workflows.app import app as celery_app
+
+    s = get_settings()
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={s.data_dir / 'beat-schedule'}"])
+
+
+@app.command()
+def api(host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve the intake API (the Hub CRM posts cases to POST /cases)."""
+    import uvicorn
+
+    from hubbridge.workflows.api import create_app
+    from hubbridge.workflows.store import migrate as run
+
+    _logging()
+    run(get_settings().resolved_database_url)
+    uvicorn.run(create_app(), host=host, port=port, log_config=None)
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="JSON Lines of Hub cases ('-' for standard input)")],
+    enqueue: Annotated[bool, typer.Option(help="Queue each accepted case for delivery")] = True,
+) -> None:
+    """Take in a batch of Hub cases from a JSON Lines file; rejected lines are kept as dead letters."""
+    from rich.progress import Progress
+
+    from hubbridge.workflows import pipeline
+    from hubbridge.workflows.store import migrate as run
+
+    _logging()
+    rt = pipeline.runtime()
+    run(rt.url)
+    lines = (sys.stdin if str(file) == "-" else file.open(encoding="utf-8")).read().splitlines()
+    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("submitting", total=len(lines))
+        for n, line in enumerate(lines, 1):
+            progress.advance(task)
+            if not line.strip():
+                continue
+            try:
+                acc = pipeline.accept_case(rt, line, channel="file")
+            except CaseValidationError as exc:
+                counts["rejected"] += 1
+                console.print(f"[red]{file}:{n}:[/] {exc}")
+                continue
+            counts["duplicate" if acc.duplicate else "accepted"] += 1
+            if enqueue and not acc.duplicate:
+                from hubbridge.workflows.tasks import enqueue_delivery
+
+                enqueue_delivery(acc.hub_ref)
+    out.print(json.dumps(counts))
+    raise typer.Exit(1 if counts["rejected"] else 0)
+
+
+@app.command()
+def status(
+    ref: Annotated[str, typer.Argument(help="Hub reference or back-office reference")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a case's whole trail: status, back-office reference, mapping version, events, Hub updates."""
+    from hubbridge.workflows.trail import case_trail
+
+    trail = case_trail(get_settings().resolved_database_url, ref)
+    if trail is None:
+        console.print(f"[red]no case {ref}[/] (checked Hub and back-office references)")
+        raise typer.Exit(1)
+    if as_json:
+        out.print_json(data=trail)
+        return
+    head = Table.grid(padding=(0, 2))
+    for key in (
+        "ref",
+        "authority",
+        "service",
+        "priority",
+        "status",
+        "stage",
+        "connector",
+        "mapping_version",
+        "attempts",
+        "last_error",
+        "received_at",
+    ):
+        head.add_row(f"[bold]{key}[/]", str(trail[key]) if trail[key] is not None else "-")
+    head.add_row(
+        "[bold]back office[/]", ", ".join(f"{b['connector']}: {b['ref']}" for b in trail["backoffice_refs"]) or "-"
+    )
+    out.print(head)
+    events = Table("at", "event", "detail", title="events")
+    for e in trail["events"]:
+        detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items() if v not in (None, [], ""))
+        events.add_row(e["at"][:19], e["kind"], detail[:100])
+    out.print(events)
+    ups = Table("seq", "status", "pushed", title="updates to the Hub")
+    for u in trail["hub_updates"]:
+        ups.add_row(str(u["sequence"]), u["status"], (u["pushed_at"] or "pending")[:19])
+    out.print(ups)
+    if trail["dead_letters"]:
+        dl = Table("id", "stage", "reason", "detail", title="dead letters")
+        for d in trail["dead_letters"]:
+            dl.add_row(str(d["id"]), d["stage"], d["reason"], d["detail"][:120])
+        out.print(dl)
+
+
+@app.command()
+def demo(
+    cases: Annotated[int, typer.Option(help="How many generated cases to feed")] = 500,
+    areas: Annotated[str, typer.Option(help="Service areas to generate, comma separated")] = "refuse",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the pipeline to settle")] = 600.0,
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 2,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the embedded store and broker live")] = None,
+) -> None:
+    """Run everything on the embedded default: simulators, a worker, beat, the intake API and generated cases."""
+    from hubbridge.workflows.demo import run_demo
+
+    summary = run_demo(
+        cases=cases,
+        areas=[a.strip() for a in areas.split(",") if a.strip()],
+        timeout=timeout,
+        workers=workers,
+        data_dir=data_dir,
+        quiet=as_json,
+        console=console,
+    )
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        _summary_table(summary)
+    raise typer.Exit(0 if summary["lost"] == 0 else 1)
+
+
+def _summary_table(summary: dict[str, Any]) -> None:
+    table = Table("service", "submitted", "delivered", "acknowledged", "dead-lettered", "lost", title="hubbridge demo")
+    for service, row in sorted(summary["by_service"].items()):
+        table.add_row(
+            service, *(str(row[k]) for k in ("submitted", "delivered", "acknowledged", "dead_lettered", "lost"))
+        )
+    table.add_row(
+        "[bold]all[/]",
+        *(f"[bold]{summary[k]}[/]" for k in ("submitted", "delivered", "acknowledged", "dead_lettered", "lost")),
+    )
+    out.print(table)
+    out.print(
+        f"elapsed {summary['elapsed_s']} s, {summary['cases_per_s']} cases/s; "
+        f"Hub holds the back-office reference of {summary['hub_has_ref']} cases"
+    )
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigErrors as exc:
+        for err in exc.errors:
+            console.print(f"[red]{err}[/]")
+        sys.exit(2)
+    except HubbridgeError as exc:
+        console.print(f"[red]{exc}[/]")
+        sys.exit(2)
+
+
+def _mount() -> None:
+    try:
+        from hubbridge.mappings.cli import mappings_app
+    except ImportError:  # pragma: no cover - only while the package is half installed
+        mappings_app = None
+    if mappings_app is not None:
+        app.add_typer(mappings_app, name="mappings", help="Validate, dry-run and describe YAML mappings.")
+    try:
+        from hubbridge.sla.cli import sla_app
+    except ImportError:  # pragma: no cover
+        sla_app = None
+    if sla_app is not None:
+        app.add_typer(sla_app, name="sla", help="SLA report, a case's clocks, due times.")
+
+
+_mount()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,739 @@
+"""What each queued step does: intake, deliver, push to the Hub, pull updates, reconcile.
+
+The Celery tasks in `tasks.py` are thin wrappers over these functions. Every function is idempotent:
+a redelivered message runs it again and the store decides whether anything is left to do.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hubbridge.case import CaseUpdate, HubCase, HubStatus
+from hubbridge.config.loader import Config, load_config
+from hubbridge.config.settings import Settings, get_settings
+from hubbridge.connectors.base import BackOfficeUpdate, Connector, Delivery, connector_class
+from hubbridge.errors import (
+    BackOfficeUnavailable,
+    CaseValidationError,
+    ConnectorError,
+    HubbridgeError,
+    MappingError,
+    PermanentError,
+    RoutingError,
+    TransientError,
+    UnknownOutcomeError,
+)
+from hubbridge.workflows import retry
+from hubbridge.workflows.store import (
+    CaseRow,
+    DeadLetterRow,
+    HubUpdateRow,
+    LinkRow,
+    SeenUpdateRow,
+    SyncCursorRow,
+    record_event,
+    session_scope,
+    utcnow,
+)
+
+log = structlog.get_logger(__name__)
+
+# How a Hub status may move: an update from the back office never takes a case backwards.
+STATUS_RANK = {s: i for i, s in enumerate(HubStatus)}
+
+
+@dataclass
+class Outcome:
+    """What a step did, for the caller (a task) to act on."""
+
+    kind: str  # done | skipped | retry | dead
+    detail: str = ""
+    retry_in: float | None = None
+    push: list[str] = field(default_factory=list)
+    more: bool = False
+
+
+class Runtime:
+    """Per-process state: config, connector instances, mapping cache, Hub connector, SLA engine."""
+
+    def __init__(self, settings: Settings | None = None, config: Config | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.config = config or load_config(self.settings.config_dir, self.settings)
+        self.url = self.settings.resolved_database_url
+        self._connectors: dict[str, Connector] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def mappings(self) -> Any:
+        from hubbridge.mappings import MappingCache
+
+        return MappingCache()
+
+    @cached_property
+    def hub(self) -> Any:
+        from hubbridge.connectors.hub import HubConnector
+
+        return HubConnector(self.config.hub)
+
+    @cached_property
+    def sla(self) -> Any:
+        from hubbridge.sla.engine import SlaEngine
+
+        return SlaEngine.from_config(self.config.config_dir)
+
+    def connector(self, name: str) -> Connector:
+        with self._lock:
+            conn = self._connectors.get(name)
+            if conn is None:
+                instance = self.config.connectors[name]
+                conn = self._connectors[name] = connector_class(instance.plugin)(instance)
+            return conn
+
+    def mapping_for(self, authority: str, service: str) -> Any:
+        route = self.config.route(authority, service)
+        conn = self.connector(route.connector.name)
+        return route, conn, self.mappings.get(route.mapping_path, conn.target_fields())
+
+    def close(self) -> None:
+        for conn in self._connectors.values():
+            conn.close()
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime()
+    return _runtime
+
+
+def reset_runtime(rt: Runtime | None = None) -> None:
+    global _runtime
+    if _runtime is not None and _runtime is not rt:
+        _runtime.close()
+    _runtime = rt
+
+
+# -- intake ---------------------------------------------------------------------------------------
+
+
+def dead_letter(
+    session: Session,
+    *,
+    stage: str,
+    reason: str,
+    detail: str,
+    payload: Any,
+    hub_ref: str | None = None,
+    service: str | None = None,
+    authority: str | None = None,
+    connector: str | None = None,
+) -> DeadLetterRow:
+    if isinstance(payload, bytes):
+        raw = payload.decode("utf-8", "replace")
+    else:
+        raw = payload if isinstance(payload, str) else json.dumps(payload, default=str, sort_keys=True)
+    row = DeadLetterRow(
+        hub_ref=hub_ref,
+        stage=stage,
+        reason=reason,
+        detail=detail[:4000],
+        payload=raw,
+        service=service,
+        authority=authority,
+        connector=connector,
+    )
+    session.add(row)
+    record_event(session, hub_ref, "dead_lettered", stage=stage, reason=reason, detail=detail[:500])
+    log.warning("dead_lettered", stage=stage, reason=reason, detail=detail[:300], hub_ref=hub_ref)
+    return row
+
+
+def _field_errors(exc: ValidationError) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+        out[loc] = err["msg"]
+    return out
+
+
+@dataclass
+class Accepted:
+    hub_ref: str
+    duplicate: bool
+
+
+def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str = "api") -> Accepted:
+    """Validate, route and store one Hub case; failures are kept as dead letters and raised with every field."""
+    text = raw if isinstance(raw, str | bytes) else None
+    try:
+        data = json.loads(raw) if isinstance(raw, str | bytes) else raw
+        if not isinstance(data, dict):
+            raise CaseValidationError({"(body)": "a Hub case is a JSON object"})
+        case = HubCase.model_validate(data)
+        route = rt.config.route(case.authority, case.service)
+    except json.JSONDecodeError as exc:
+        err = CaseValidationError({"(body)": f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"})
+        _keep_rejected(rt, err, text, None, reason="invalid_json", channel=channel)
+        raise err from None
+    except ValidationError as exc:
+        ref = data.get("ref") if isinstance(data.get("ref"), str) else None
+        err = CaseValidationError(_field_errors(exc), ref=ref)
+        _keep_rejected(rt, err, text if text is not None else data, data, reason="invalid_case", channel=channel)
+        raise err from None
+    except RoutingError as exc:
+        field_name = "authority" if "authority" in exc.message else "service"
+        err = CaseValidationError({field_name: str(exc)}, ref=case.ref)
+        _keep_rejected(rt, err, text if text is not None else data, data, reason="unroutable", channel=channel)
+        raise err from None
+    except CaseValidationError as err:
+        _keep_rejected(rt, err, text if text is not None else data, None, reason="invalid_case", channel=channel)
+        raise
+
+    now = utcnow()
+    with session_scope(rt.url) as s:
+        existing = s.scalar(select(CaseRow.id).where(CaseRow.hub_ref == case.ref))
+        if existing is not None:
+            record_event(s, case.ref, "intake.duplicate", channel=channel)
+            return Accepted(case.ref, duplicate=True)
+        s.add(
+            CaseRow(
+                hub_ref=case.ref,
+                authority=case.authority,
+                service=case.service,
+                priority=case.priority.value,
+                origin="hub",
+                status=HubStatus.ROUTED.value,
+                status_at=now,
+                stage="received",
+                payload=case.dump(),
+                connector=route.connector.name,
+                next_attempt_at=now + timedelta(seconds=rt.settings.reconcile_after_seconds),
+                received_at=now,
+                updated_at=now,
+            )
+        )
+        record_event(s, case.ref, "received", channel=channel)
+        record_event(
+            s,
+            case.ref,
+            "routed",
+            connector=route.connector.name,
+            mapping=str(route.mapping_path.name),
+            sla_policy=route.sla_policy,
+        )
+        rt.sla.start(s, case.ref, case.service, case.authority, case.priority.value, now)
+        try:
+            s.flush()
+        except IntegrityError:
+            s.rollback()
+            return Accepted(case.ref, duplicate=True)
+    log.info("case.accepted", hub_ref=case.ref, service=case.service, authority=case.authority)
+    return Accepted(case.ref, duplicate=False)
+
+
+def _keep_rejected(
+    rt: Runtime, err: CaseValidationError, raw: Any, data: dict[str, Any] | None, *, reason: str, channel: str
+) -> None:
+    data = data or {}
+    with session_scope(rt.url) as s:
+        dead_letter(
+            s,
+            stage="intake",
+            reason=reason,
+            detail=str(err),
+            payload=raw,
+            hub_ref=data.get("ref") if isinstance(data.get("ref"), str) else None,
+            service=data.get("service") if isinstance(data.get("service"), str) else None,
+            authority=data.get("authority") if isinstance(data.get("authority"), str) else None,
+        )
+
+
+# -- deliver --------------------------------------------------------------------------------------
+
+
+def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
+    """Translate and deliver one case to its back office, exactly once, and queue the Hub's acknowledgement."""
+    now = utcnow()
+    with session_scope(rt.url) as s:
+        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref))
+        if row is None:
+            return Outcome("skipped", "unknown case")
+        if row.stage != "received":
+            return Outcome("skipped", f"already {row.stage}")
+        # unknown_outcome still set means an earlier claim's worker never reported back (killed mid-call)
+        attempts, unknown = row.attempts, row.unknown_outcome
+        case = HubCase.model_validate(row.payload)
+        # Claim the case atomically: a second copy of the message (a redelivery, a reconcile) backs off.
+        claimed = s.execute(
+            update(CaseRow)
+            .where(
+                CaseRow.id == row.id,
+                CaseRow.stage == "received",
+                (CaseRow.claimed_until.is_(None)) | (CaseRow.claimed_until < now),
+            )
+            .values(
+                claimed_until=now + timedelta(seconds=_claim_seconds(rt, row.connector)),
+                unknown_outcome=True,
+                next_attempt_at=now + timedelta(seconds=rt.settings.reconcile_after_seconds),
+            )
+        ).rowcount
+        if not claimed:
+            return Outcome("skipped", "claimed by another worker")
+
+    log.debug("deliver.start", hub_ref=hub_ref)
+    try:
+        route, conn, mapping = rt.mapping_for(case.authority, case.service)
+        translation = mapping.outbound(case)
+    except (RoutingError, MappingError) as exc:
+        return _give_up(rt, case, "translate", type(exc).__name__, str(exc))
+    except HubbridgeError as exc:  # a mapping file that never loaded (ConfigErrors)
+        return _give_up(rt, case, "translate", "mapping_invalid", str(exc))
+
+    breaker = retry.CircuitBreaker(rt.url, route.connector)
+    try:
+        breaker.before_call()
+        delivery = Delivery(
+            hub_ref=case.ref,
+            authority=case.authority,
+            service=case.service,
+            payload=translation.payload,
+            mapping_version=mapping.version,
+        )
+        result = None
+        if unknown or attempts > 0:
+            result = conn.find(case.ref)  # an earlier attempt may have landed: never create twice
+        if result is None:
+            result = conn.create(delivery)
+        breaker.success()
+    except BackOfficeUnavailable as exc:
+        return _retry_later(rt, case, exc, route.connector, count_attempt=False)
+    except UnknownOutcomeError as exc:
+        breaker.failure(str(exc))
+        return _retry_later(rt, case, exc, route.connector, unknown=True)
+    except TransientError as exc:
+        breaker.failure(str(exc))
+        return _retry_later(rt, case, exc, route.connector)
+    except (PermanentError, ConnectorError) as exc:
+        breaker.success()  # the back office answered: it is up
+        return _give_up(rt, case, "deliver", "refused", str(exc), connector=route.connector.name)
+
+    now = utcnow()
+    with session_scope(rt.url) as s:
+        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref).with_for_update())
+        if row is None or row.stage != "received":
+            return Outcome("skipped", "delivered concurrently")
+        exists = s.scalar(select(LinkRow.id).where(LinkRow.hub_ref == hub_ref, LinkRow.connector == conn.name))
+        if exists is None:
+            s.add(
+                LinkRow(
+                    hub_ref=hub_ref,
+                    connector=conn.name,
+                    backoffice_ref=result.backoffice_ref,
+                    mapping_version=mapping.version,
+                    created_at=now,
+                )
+            )
+        row.stage = "delivered"
+        row.mapping_version = mapping.version
+        row.unknown_outcome = False
+        row.claimed_until = None
+        row.last_error = None
+        row.next_attempt_at = None
+        row.attempts = attempts + 1
+        _set_status(
+            rt,
+            s,
+            row,
+            HubStatus.DELIVERED,
+            now,
+            backoffice_ref=result.backoffice_ref,
+            note=f"Sent to {conn.name}; reference {result.backoffice_ref}",
+            source=conn.name,
+        )
+        record_event(
+            s,
+            hub_ref,
+            "delivered",
+            connector=conn.name,
+            backoffice_ref=result.backoffice_ref,
+            mapping=mapping.name,
+            mapping_version=mapping.version,
+            warnings=translation.warnings,
+        )
+    log.info("case.delivered", hub_ref=hub_ref, connector=conn.name, backoffice_ref=result.backoffice_ref)
+    return Outcome("done", result.backoffice_ref, push=[hub_ref])
+
+
+def _retry_later(
+    rt: Runtime, case: HubCase, exc: TransientError, instance: Any, *, unknown: bool = False, count_attempt: bool = True
+) -> Outcome:
+    with session_scope(rt.url) as s:
+        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == case.ref))
+        assert row is not None
+        if count_attempt:
+            row.attempts += 1
+        # A refused connection sent nothing; any other fault may have reached the back office.
+        row.unknown_outcome = unknown or (row.unknown_outcome and count_attempt)
+        row.claimed_until = None
+        row.last_error = str(exc)[:2000]
+        if count_attempt and row.attempts >= instance.retry.max_attempts:
+            s.flush()
+            row.stage = "dead"
+            row.next_attempt_at = None
+            dead_letter(
+                s,
+                stage="deliver",
+                reason="retries_exhausted",
+                detail=f"{row.attempts} attempts; last: {exc}",
+                payload=row.payload,
+                hub_ref=case.ref,
+                service=case.service,
+                authority=case.authority,
+                connector=instance.name,
+            )
+            return Outcome("dead", str(exc))
+        delay = retry.backoff(instance.retry, row.attempts, exc.retry_after)
+        row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+        record_event(
+            s,
+            case.ref,
+            "deliver.retry",
+            attempt=row.attempts,
+            in_seconds=round(delay, 1),
+            error=str(exc)[:300],
+            unknown_outcome=row.unknown_outcome,
+        )
+    log.warning("deliver.retry", hub_ref=case.ref, error=str(exc)[:200], in_seconds=round(delay, 1))
+    return Outcome("retry", str(exc), retry_in=delay)
+
+
+def _claim_seconds(rt: Runtime, connector: str | None) -> float:
+    inst = rt.config.connectors.get(connector or "")
+    per_call = (inst.timeouts.connect + inst.timeouts.read) if inst else 60.0
+    return 2 * per_call + 30.0
+
+
+def _give_up(rt: Runtime, case: HubCase, stage: str, reason: str, detail: str, connector: str | None = None) -> Outcome:
+    with session_scope(rt.url) as s:
+        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == case.ref))
+        assert row is not None
+        row.stage = "dead"
+        row.next_attempt_at = None
+        row.claimed_until = None
+        row.last_error = detail[:2000]
+        dead_letter(
+            s,
+            stage=stage,
+            reason=reason,
+            detail=detail,
+            payload=row.payload,
+            hub_ref=case.ref,
+            service=case.service,
+            authority=case.authority,
+            connector=connector,
+        )
+    return Outcome("dead", detail)
+
+
+# -- status and the Hub outbox --------------------------------------------------------------------
+
+
+def _set_status(
+    rt: Runtime,
+    s: Session,
+    row: CaseRow,
+    status: HubStatus,
+    at: datetime,
+    *,
+    backoffice_ref: str | None = None,
+    note: str | None = None,
+    resolution: str | None = None,
+    source: str | None = None,
+) -> int:
+    """Change a case's Hub status and queue the update for the Hub in the same transaction."""
+    seq = (s.scalar(select(func.max(HubUpdateRow.sequence)).where(HubUpdateRow.hub_ref == row.hub_ref)) or 0) + 1
+    update_ = CaseUpdate(
+        ref=row.hub_ref,
+        status=status,
+        sequence=seq,
+        backoffice_ref=backoffice_ref,
+        note=note,
+        resolution=resolution,
+        source=source,
+        occurred_at=at,
+    )
+    s.add(
+        HubUpdateRow(
+            hub_ref=row.hub_ref,
+            sequence=seq,
+            status=status.value,
+            payload=update_.model_dump(mode="json", exclude_none=True),
+            created_at=utcnow(),
+        )
+    )
+    previous = row.status
+    row.status = status.value
+    row.status_at = at
+    if previous != status.value:
+        rt.sla.on_status(s, row.hub_ref, status, at)
+    return seq
+
+
+def push_hub(rt: Runtime, hub_ref: str) -> Outcome:
+    """Send a case's pending updates to the Hub in sequence order, stopping at the first that fails."""
+    with session_scope(rt.url) as s:
+        pending = s.scalars(
+            select(HubUpdateRow)
+            .where(HubUpdateRow.hub_ref == hub_ref, HubUpdateRow.pushed_at.is_(None))
+            .order_by(HubUpdateRow.sequence)
+        ).all()
+    sent = 0
+    for row in pending:
+        upd = CaseUpdate.model_validate(row.payload)
+        try:
+            rt.hub.push_update(upd)
+        except TransientError as exc:
+            delay = retry.backoff(retry.HUB_RETRY, row.attempts + 1, exc.retry_after)
+            with session_scope(rt.url) as s:
+                s.execute(
+                    update(HubUpdateRow)
+                    .where(HubUpdateRow.id == row.id)
+                    .values(
+                        attempts=HubUpdateRow.attempts + 1,
+                        last_error=str(exc)[:2000],
+                        next_attempt_at=utcnow() + timedelta(seconds=delay),
+                    )
+                )
+            log.warning("hub.push.retry", hub_ref=hub_ref, sequence=row.sequence, error=str(exc)[:200])
+            return Outcome("retry", str(exc), retry_in=delay)
+        except ConnectorError as exc:
+            with session_scope(rt.url) as s:
+                s.execute(
+                    update(HubUpdateRow)
+                    .where(HubUpdateRow.id == row.id)
+                    .values(pushed_at=utcnow(), last_error=f"dead-lettered: {exc}"[:2000])
+                )
+                dead_letter(
+                    s, stage="push", reason="hub_refused", detail=str(exc), payload=row.payload, hub_ref=hub_ref
+                )
+            continue
+        with session_scope(rt.url) as s:
+            s.execute(update(HubUpdateRow).where(HubUpdateRow.id == row.id).values(pushed_at=utcnow(), last_error=None))
+            if upd.backoffice_ref and upd.status == HubStatus.DELIVERED:
+                s.execute(
+                    update(CaseRow)
+                    .where(CaseRow.hub_ref == hub_ref, CaseRow.stage == "delivered")
+                    .values(stage="acknowledged")
+                )
+                record_event(s, hub_ref, "hub.acknowledged", sequence=upd.sequence, backoffice_ref=upd.backoffice_ref)
+        sent += 1
+    return Outcome("done", f"{sent} sent")
+
+
+# -- sync back ------------------------------------------------------------------------------------
+
+
+def poll_connector(rt: Runtime, name: str) -> Outcome:
+    """Pull one page of updates from a back office since its cursor and turn them into Hub updates."""
+    conn = rt.connector(name)
+    with session_scope(rt.url) as s:
+        cur = s.get(SyncCursorRow, name)
+        cursor = cur.cursor if cur else None
+    try:
+        page = conn.updates_since(cursor, rt.settings.sync_page_size)
+    except TransientError as exc:
+        _release_lease(rt, name)
+        log.warning("sync.retry", connector=name, error=str(exc)[:200])
+        return Outcome("retry", str(exc))
+    except ConnectorError as exc:
+        _release_lease(rt, name)
+        with session_scope(rt.url) as s:
+            dead_letter(s, stage="sync", reason="refused", detail=str(exc), payload={"cursor": cursor}, connector=name)
+        return Outcome("dead", str(exc))
+
+    touched: list[str] = []
+    with session_scope(rt.url) as s:
+        for upd in page.updates:
+            ref = _take_update(rt, s, conn, upd)
+            if ref:
+                touched.append(ref)
+        cur = s.get(SyncCursorRow, name)
+        if cur is None:
+            cur = SyncCursorRow(connector=name)
+            s.add(cur)
+        cur.cursor = page.cursor
+        cur.polled_at = utcnow()
+        cur.lease_until = None
+    if page.updates:
+        log.info("sync.page", connector=name, updates=len(page.updates), more=page.has_more)
+    return Outcome("done", f"{len(page.updates)} updates", push=sorted(set(touched)), more=page.has_more)
+
+
+def _release_lease(rt: Runtime, name: str) -> None:
+    with session_scope(rt.url) as s:
+        s.execute(
+            update(SyncCursorRow).where(SyncCursorRow.connector == name).values(lease_until=None, polled_at=utcnow())
+        )
+
+
+def _take_update(rt: Runtime, s: Session, conn: Connector, upd: BackOfficeUpdate) -> str | None:
+    """Apply one back-office update once; returns the Hub ref whose outbox grew, if any."""
+    if s.get(SeenUpdateRow, (conn.name, upd.update_id)) is not None:
+        return None
+    link = s.scalar(select(LinkRow).where(LinkRow.connector == conn.name, LinkRow.backoffice_ref == upd.backoffice_ref))
+    hub_ref = link.hub_ref if link else None
+    if hub_ref is None and upd.hub_ref:
+        # delivered but the link write was lost (crash after the back-office call): mend it now
+        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == upd.hub_ref))
+        if row is not None:
+            hub_ref = row.hub_ref
+            s.add(LinkRow(hub_ref=hub_ref, connector=conn.name, backoffice_ref=upd.backoffice_ref))
+    s.add(SeenUpdateRow(connector=conn.name, update_id=upd.update_id, hub_ref=hub_ref))
+    if hub_ref is None:
+        return _raised_in_back_office(rt, s, conn, upd)
+    row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref))
+    if row is None:
+        return None
+    try:
+        _, _, mapping = rt.mapping_for(row.authority, row.service)
+        tr = mapping.inbound(upd)
+    except HubbridgeError as exc:
+        dead_letter(
+            s,
+            stage="sync",
+            reason=type(exc).__name__,
+            detail=str(exc),
+            hub_ref=hub_ref,
+            payload={"update_id": upd.update_id, "status_code": upd.status_code, "backoffice_ref": upd.backoffice_ref},
+            connector=conn.name,
+        )
+        return None
+    record_event(
+        s,
+        hub_ref,
+        "backoffice.update",
+        connector=conn.name,
+        update_id=upd.update_id,
+        status_code=upd.status_code,
+        hub_status=tr.status.value if tr.status else None,
+    )
+    if tr.status is None and not tr.note:
+        return None
+    if row.status_at and upd.occurred_at < row.status_at and tr.status is not None:
+        record_event(s, hub_ref, "backoffice.update.stale", update_id=upd.update_id)
+        return None
+    status = tr.status or HubStatus(row.status)
+    if row.stage == "received":
+        row.stage = "delivered"  # the back office has it: our own delivery will find it and skip
+    _set_status(
+        rt,
+        s,
+        row,
+        status,
+        upd.occurred_at,
+        backoffice_ref=upd.backoffice_ref,
+        note=tr.note,
+        resolution=tr.resolution,
+        source=conn.name,
+    )
+    return hub_ref
+
+
+def _raised_in_back_office(rt: Runtime, s: Session, conn: Connector, upd: BackOfficeUpdate) -> str | None:
+    """A job nobody sent from the Hub (a resident phoned the service area): it is recorded for the Hub."""
+    record_event(
+        s,
+        None,
+        "backoffice.unlinked",
+        connector=conn.name,
+        backoffice_ref=upd.backoffice_ref,
+        update_id=upd.update_id,
+        service_code=upd.service_code,
+    )
+    return None
+
+
+# -- beat: reconcile ------------------------------------------------------------------------------
+
+
+@dataclass
+class Sweep:
+    deliver: list[str] = field(default_factory=list)
+    push: list[str] = field(default_factory=list)
+    poll: list[str] = field(default_factory=list)
+    sla: Any = None
+
+
+def reconcile(rt: Runtime, now: datetime | None = None, limit: int = 5000) -> Sweep:
+    """Find work whose message was lost or whose retry time has come, and hand it back to the queues."""
+    now = now or utcnow()
+    lease = now + timedelta(seconds=rt.settings.reconcile_after_seconds)
+    out = Sweep()
+    with session_scope(rt.url) as s:
+        refs = s.scalars(
+            select(CaseRow.hub_ref)
+            .where(CaseRow.stage == "received", CaseRow.next_attempt_at <= now)
+            .order_by(CaseRow.queue_priority.desc(), CaseRow.next_attempt_at)
+            .limit(limit)
+        ).all()
+        if refs:
+            s.execute(update(CaseRow).where(CaseRow.hub_ref.in_(refs)).values(next_attempt_at=lease))
+        out.deliver = list(refs)
+        stale = now - timedelta(seconds=rt.settings.reconcile_after_seconds)
+        prefs = s.scalars(
+            select(HubUpdateRow.hub_ref)
+            .where(
+                HubUpdateRow.pushed_at.is_(None),
+                (
+                    (HubUpdateRow.next_attempt_at.is_(None) & (HubUpdateRow.created_at <= stale))
+                    | (HubUpdateRow.next_attempt_at <= now)
+                ),
+            )
+            .distinct()
+            .limit(limit)
+        ).all()
+        if prefs:
+            s.execute(
+                update(HubUpdateRow)
+                .where(HubUpdateRow.hub_ref.in_(prefs), HubUpdateRow.pushed_at.is_(None))
+                .values(next_attempt_at=lease)
+            )
+        out.push = list(prefs)
+        out.sla = rt.sla.sweep(s, now)
+        out.push = sorted(set(out.push) | set(getattr(out.sla, "hub_refs", []) or []))
+    return out
+
+
+def due_polls(rt: Runtime, now: datetime | None = None) -> list[str]:
+    """Connector instances whose poll interval has passed and that no poller holds."""
+    now = now or utcnow()
+    names = sorted({r.connector.name for r in rt.config.routes.values()})
+    due: list[str] = []
+    with session_scope(rt.url) as s:
+        for name in names:
+            inst = rt.config.connectors[name]
+            cur = s.get(SyncCursorRow, name)
+            if cur is None:
+                cur = SyncCursorRow(connector=name)
+                s.add(cur)
+            if cur.lease_until and cur.lease_until > now:
+                continue
+            if cur.polled_at and cur.polled_at + timedelta(seconds=inst.poll_seconds) > now:
+                continue
+            cur.lease_until = now + timedelta(seconds=max(60.0, inst.timeouts.read * 2))
+            due.append(name)
+    return due

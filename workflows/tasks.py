@@ -1,0 +1,88 @@
+"""The Celery tasks: thin, idempotent wrappers over `pipeline`, each bound to the case's correlation id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Task
+from celery.exceptions import Retry
+
+from hubbridge.workflows import pipeline
+from hubbridge.workflows.app import app
+from hubbridge.workflows.retry import QUEUE_RETRY_MAX_SECONDS
+
+log = structlog.get_logger(__name__)
+
+
+def _priority_of(hub_ref: str) -> int:
+    from sqlalchemy import select
+
+    from hubbridge.workflows.store import CaseRow, session_scope
+
+    with session_scope(pipeline.runtime().url) as s:
+        return int(s.scalar(select(CaseRow.queue_priority).where(CaseRow.hub_ref == hub_ref)) or 0)
+
+
+def enqueue_delivery(hub_ref: str, priority: int = 0) -> None:
+    deliver_case.apply_async(args=[hub_ref], priority=priority)
+
+
+def enqueue_push(hub_ref: str, priority: int = 0) -> None:
+    push_hub.apply_async(args=[hub_ref], priority=priority)
+
+
+def _after(task: Task, outcome: pipeline.Outcome, *, hub_ref: str | None = None) -> None:
+    for ref in outcome.push:
+        enqueue_push(ref)
+    if outcome.kind == "retry" and outcome.retry_in is not None and outcome.retry_in <= QUEUE_RETRY_MAX_SECONDS:
+        # short waits ride on Celery's own retry; longer ones stay parked in the store for reconcile
+        raise task.retry(countdown=outcome.retry_in, max_retries=None)
+
+
+@app.task(name="hubbridge.deliver_case", bind=True, max_retries=None)
+def deliver_case(self: Task, hub_ref: str) -> str:
+    outcome = pipeline.deliver_case(pipeline.runtime(), hub_ref)
+    try:
+        _after(self, outcome, hub_ref=hub_ref)
+    except Retry:
+        raise
+    return outcome.kind
+
+
+@app.task(name="hubbridge.push_hub", bind=True, max_retries=None)
+def push_hub(self: Task, hub_ref: str) -> str:
+    outcome = pipeline.push_hub(pipeline.runtime(), hub_ref)
+    _after(self, outcome, hub_ref=hub_ref)
+    return outcome.kind
+
+
+@app.task(name="hubbridge.poll_connector", bind=True, max_retries=None)
+def poll_connector(self: Task, name: str) -> str:
+    outcome = pipeline.poll_connector(pipeline.runtime(), name)
+    for ref in outcome.push:
+        enqueue_push(ref)
+    if outcome.more:
+        poll_connector.apply_async(args=[name])
+    return outcome.kind
+
+
+@app.task(name="hubbridge.reconcile")
+def reconcile() -> dict[str, Any]:
+    rt = pipeline.runtime()
+    sweep = pipeline.reconcile(rt)
+    for ref in sweep.deliver:
+        enqueue_delivery(ref, priority=_priority_of(ref))
+    for ref in sweep.push:
+        enqueue_push(ref)
+    if sweep.deliver or sweep.push:
+        log.info("reconcile", requeued=len(sweep.deliver), pushes=len(sweep.push))
+    return {"deliver": len(sweep.deliver), "push": len(sweep.push)}
+
+
+@app.task(name="hubbridge.poll_due")
+def poll_due() -> list[str]:
+    names = pipeline.due_polls(pipeline.runtime())
+    for name in names:
+        poll_connector.apply_async(args=[name])
+    return names
