@@ -37,10 +37,15 @@ DEMO_SECRETS = {
 """Demo-only credentials, set in the demo's own environment; production sets its own."""
 
 
+def demo_secret(env_name: str) -> str:
+    """The value the demo puts in `env_name`: a fixed demo credential, the same in every demo process."""
+    return DEMO_SECRETS.get(env_name, f"demo-{env_name.lower()}")
+
+
 def demo_environment(cfg_env_names: set[str]) -> dict[str, str]:
     env = dict(DEMO_SECRETS)
     for name in cfg_env_names:
-        env.setdefault(name, f"demo-{name.lower()}")
+        env.setdefault(name, demo_secret(name))
     return env
 
 
@@ -65,30 +70,57 @@ def start_simulators(config: Any, tick_seconds: float = 3.0) -> list[Any]:
     for inst in config.connectors.values():
         by_port.setdefault(urlsplit(inst.endpoint).port or 80, inst.plugin)
     for port, plugin in sorted(by_port.items()):
-        sim = simulator_for(plugin, port)
+        sim = simulator_for(plugin, port, config)
         sim.start()
-        sim.auto_advance(tick_seconds, sim.store.advance)
+        sim.auto_advance(tick_seconds, sim.advance)  # each back office's own lifecycle per job type
         sims.append(sim)
     return sims
 
 
-def simulator_for(plugin: str, port: int) -> Any:
+def _tenant(endpoint: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(endpoint).path.strip("/").split("/", 1)[0]
+
+
+def simulator_for(plugin: str, port: int, config: Any | None = None) -> Any:
+    """The simulator of one plugin, accepting exactly the demo credentials the config's instances send.
+
+    `config` defaults to the shipped one; each simulator learns, per tenant (first path segment of an
+    instance's endpoint), the values `demo_environment` puts in the variables the instance names, so a
+    wrong or missing credential is refused as a real back office would.
+    """
+    if config is None:
+        from hubbridge.config.loader import load_config
+        from hubbridge.config.settings import SHIPPED_CONFIG_DIR, Settings
+
+        config = load_config(SHIPPED_CONFIG_DIR, Settings(config_dir=SHIPPED_CONFIG_DIR))
+    instances = [i for i in config.connectors.values() if i.plugin == plugin]
     if plugin == "bartec":
         from hubbridge.connectors.bartec import BartecSimulator
 
-        return BartecSimulator(port=port)
+        return BartecSimulator(port=port)  # Authenticate takes any non-empty user and password
     if plugin == "revenues":
         from hubbridge.connectors.revenues import RevenuesSimulator
 
-        return RevenuesSimulator(port=port)
+        creds = {
+            _tenant(i.endpoint): (demo_secret(i.credentials["username"]), demo_secret(i.credentials["password"]))
+            for i in instances
+            if "username" in i.credentials and "password" in i.credentials
+        }
+        return RevenuesSimulator(port=port, credentials=creds)
     if plugin == "open311":
         from hubbridge.connectors.open311 import Open311Simulator
 
-        return Open311Simulator(port=port, api_key=None)  # any configured key, never none
+        keys = {demo_secret(i.credentials["api_key"]) for i in instances if "api_key" in i.credentials}
+        # one key for the County's server; with several instances any non-empty key is taken (never none)
+        return Open311Simulator(port=port, api_key=keys.pop() if len(keys) == 1 else None)
     if plugin == "planning":
         from hubbridge.connectors.planning import PlanningSimulator
 
-        return PlanningSimulator(port=port)
+        tokens = {_tenant(i.endpoint): demo_secret(i.credentials["token"]) for i in instances
+                  if "token" in i.credentials}
+        return PlanningSimulator(port=port, tokens=tokens)
     raise ValueError(f"no demo simulator for plugin {plugin!r}")
 
 
@@ -205,35 +237,38 @@ def _settled(url: str) -> int:
 
 
 def _summary(url: str, submitted: Counter[str], hub: Any, elapsed: float, data: Path) -> dict[str, Any]:
-    by_service: dict[str, dict[str, int]] = {}
-    hub_has_ref = 0
+    """Totals and one row per service; `hub_has_ref` counts acknowledged cases whose reference the Hub holds."""
+    counts = ("submitted", "delivered", "acknowledged", "dead_lettered", "lost", "hub_has_ref")
+    by_service: dict[str, dict[str, Any]] = {}
+    authorities: dict[str, set[str]] = {}
     with session_scope(url) as s:
-        rows = s.execute(select(CaseRow.hub_ref, CaseRow.service, CaseRow.stage)).all()
+        rows = s.execute(select(CaseRow.hub_ref, CaseRow.service, CaseRow.stage, CaseRow.authority)).all()
         dead_refs = set(s.scalars(select(DeadLetterRow.hub_ref).where(DeadLetterRow.hub_ref.is_not(None))).all())
+
+    def row_for(service: str) -> dict[str, Any]:
+        return by_service.setdefault(service, dict.fromkeys(counts, 0))
+
     for service, n in submitted.items():
-        by_service[service] = {"submitted": n, "delivered": 0, "acknowledged": 0, "dead_lettered": 0, "lost": 0}
-    for ref, service, stage in rows:
-        row = by_service.setdefault(
-            service, {"submitted": 0, "delivered": 0, "acknowledged": 0, "dead_lettered": 0, "lost": 0}
-        )
+        row_for(service)["submitted"] = n
+    for ref, service, stage, authority in rows:
+        row = row_for(service)
+        authorities.setdefault(service, set()).add(authority)
         if stage in ("delivered", "acknowledged"):
             row["delivered"] += 1
         if stage == "acknowledged":
             row["acknowledged"] += 1
             if hub.backoffice_ref(ref):
-                hub_has_ref += 1
+                row["hub_has_ref"] += 1
         if stage == "dead" and ref in dead_refs:
             row["dead_lettered"] += 1
-    for row in by_service.values():
+    for service, row in by_service.items():
         row["lost"] = max(0, row["submitted"] - row["delivered"] - row["dead_lettered"])
-    total = {
-        k: sum(r[k] for r in by_service.values())
-        for k in ("submitted", "delivered", "acknowledged", "dead_lettered", "lost")
-    }
+        # which councils' front offices the cases came from (highways: all seven; the rest: districts)
+        row["authorities"] = sorted(authorities.get(service, ()))
+    total = {k: sum(r[k] for r in by_service.values()) for k in counts}
     return {
         **total,
-        "by_service": by_service,
-        "hub_has_ref": hub_has_ref,
+        "by_service": dict(sorted(by_service.items())),
         "elapsed_s": round(elapsed, 1),
         "cases_per_s": round(total["submitted"] / elapsed, 1) if elapsed else 0.0,
         "data_dir": str(data),
