@@ -13,11 +13,13 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent, MappingEndEvent, MappingStartEvent, SequenceEndEvent, SequenceStartEvent
 
 from hubbridge.errors import ConfigError, ConfigErrors
 
 MAX_YAML_BYTES = 1_000_000
 MAX_ALIASES = 100
+MAX_DEPTH = 64  # config is a few levels deep; a deeper file is a mistake or an attack on the parser
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -112,17 +114,53 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _count_aliases(text: str) -> int:
-    # `*name` outside quotes; cheap and conservative, refuses billion-laughs before parsing
-    count = 0
-    for line in text.splitlines():
-        stripped = line.split("#", 1)[0]
-        count += sum(1 for tok in stripped.replace("[", " ").replace(",", " ").split() if tok.startswith("*"))
-    return count
+_CORE_PREFIX = "tag:yaml.org,2002:"
+
+
+def _shown_tag(tag: str) -> str:
+    return "!!" + tag[len(_CORE_PREFIX):] if tag.startswith(_CORE_PREFIX) else tag
+
+
+def _check_events(text: str, path: str) -> None:
+    """Refuse explicit tags and alias floods from the event stream, before anything is constructed.
+
+    Any tag is refused, not only `!!python/...`: the round-trip loader turns unknown tags into
+    look-alike data silently, and plain config never needs one. Aliases are counted as events, so a
+    "billion laughs" file is refused at the alias that crosses the limit without being expanded.
+    """
+    aliases = 0
+    depth = 0
+    for event in YAML(typ="rt", pure=True).parse(StringIO(text)):
+        mark = event.start_mark
+        if isinstance(event, (MappingStartEvent, SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(
+                    f"YAML nested more than {MAX_DEPTH} levels deep", path=path, line=mark.line + 1,
+                    col=mark.column + 1, hint="flatten the structure; no hubbridge file needs this depth",
+                )
+        elif isinstance(event, (MappingEndEvent, SequenceEndEvent)):
+            depth -= 1
+        if isinstance(event, AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise ConfigError(
+                    f"more than {MAX_ALIASES} YAML aliases", path=path, line=mark.line + 1, col=mark.column + 1,
+                    hint="aliases can expand exponentially; write the values out",
+                )
+            continue
+        tag = getattr(event, "tag", None)
+        if tag is not None:
+            tag = str(getattr(tag, "value", tag))
+            raise ConfigError(
+                f"YAML tag {_shown_tag(tag)} is not allowed", path=path, line=mark.line + 1,
+                col=mark.column + 1,
+                hint="config holds plain data only; remove the tag, and quote the value if it is text",
+            )
 
 
 def parse_yaml(text: str, path: str = "<string>") -> YamlDoc:
-    """Parse YAML text safely: size and alias limits, no Python object tags."""
+    """Parse YAML text safely: size and alias limits, no tags (so no Python objects), no duplicate keys."""
     if len(text.encode("utf-8", "replace")) > MAX_YAML_BYTES:
         raise ConfigError(
             f"file is larger than {MAX_YAML_BYTES} bytes",
@@ -131,17 +169,10 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDoc:
             col=1,
             hint="split it into smaller files",
         )
-    if _count_aliases(text) > MAX_ALIASES:
-        raise ConfigError(
-            f"more than {MAX_ALIASES} YAML aliases",
-            path=path,
-            line=1,
-            col=1,
-            hint="aliases can expand exponentially; write the values out",
-        )
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:
+        _check_events(text, path)
         data = yaml.load(StringIO(text))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -151,21 +182,7 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDoc:
         raise ConfigError(f"YAML syntax: {problem}", path=path, line=line, col=col) from None
     except YAMLError as exc:
         raise ConfigError(f"YAML syntax: {exc}", path=path, line=1, col=1) from None
-    _reject_tags(data, YamlDoc(path, data), [])
     return YamlDoc(path, data)
-
-
-def _reject_tags(node: Any, doc: YamlDoc, loc: list[str | int]) -> None:
-    tag = getattr(node, "tag", None)
-    tag_value = getattr(tag, "value", None) if tag is not None else None
-    if tag_value and tag_value.startswith("!"):
-        raise doc.error(f"YAML tag {tag_value} is not allowed", loc, "config holds plain data only")
-    if isinstance(node, dict):
-        for k, v in node.items():
-            _reject_tags(v, doc, [*loc, k])
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _reject_tags(v, doc, [*loc, i])
 
 
 def load_yaml(path: Path | str) -> YamlDoc:

@@ -1,41 +1,35 @@
-"""Compile a validated mapping file into plain closures: no YAML model is walked per case."""
+"""Compile a validated mapping file into plain Python functions: no YAML model is walked per case."""
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import keyword
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from hubbridge.case import HubCase, HubStatus
 from hubbridge.config.yamlfile import MAX_YAML_BYTES, YamlDoc, parse_yaml, plain
 from hubbridge.connectors.base import BackOfficeUpdate, TargetField
 from hubbridge.errors import ConfigError, ConfigErrors, MappingError
 from hubbridge.mappings.model import HUB_STATUSES, Condition, FieldSpec, LookupFile, MappingFile, ValueType
-from hubbridge.mappings.paths import (
-    CASE_SHAPE,
-    UPDATE_SHAPE,
-    PathProblem,
-    Shape,
-    compile_getter,
-    compile_value_getter,
-    resolve,
-)
+from hubbridge.mappings.paths import CASE_SHAPE, ITEM_PREFIX, UPDATE_SHAPE, PathProblem, Shape, resolve
 from hubbridge.mappings.template import (
+    Placeholder,
     TemplateError,
     TemplateValueMissing,
     check_date_format,
-    compile_template,
+    filter_function,
+    parse,
     to_text,
 )
 
 ValueFn = Callable[[Any, Any, list], Any]
-CondFn = Callable[[Any, Any], bool]
 Loc = list[str | int]
 
 _TARGET_TYPES = {
@@ -80,7 +74,7 @@ class InboundTranslation:
 
 
 class CompiledMapping:
-    """A mapping ready to run: `outbound(case)` and `inbound(update)` are plain closures."""
+    """A mapping ready to run: `outbound(case)` and `inbound(update)` call generated plain functions."""
 
     def __init__(
         self,
@@ -294,60 +288,117 @@ def _converter(kind: ValueType, fmt: str | None, tz: ZoneInfo, where: str) -> Ca
         return to_date
     raise AssertionError(kind)  # pragma: no cover
 
-
 # ---------------------------------------------------------------- the compiler
+#
+# A mapping compiles into the Python source of one straight-line function per direction, turned into a
+# callable with exec() once at load time. Admin text never becomes source text: every value that comes
+# from a mapping or lookup file (constants, map tables, dict keys, messages, formats) reaches the code
+# as a closure variable `_kN`; the source holds only names this compiler made up, names of fields of
+# the Hub case model (checked to be identifiers) and integers. Straight-line code costs no call per
+# field, which is what lets the engine keep up with a hand-written translation.
+
+
+def _unexpected(exc: Exception, where: str) -> _Fail:
+    """Turn anything a field raised into the one internal failure that names the field."""
+    if isinstance(exc, _Fail):
+        return exc
+    if isinstance(exc, TemplateValueMissing):
+        return _Fail(f"required value {exc.path!r} is missing", where)
+    return _Fail(f"{type(exc).__name__}: {exc}", where)
+
+
+_MISSING = object()
+_GLOBALS: dict[str, Any] = {
+    "__builtins__": {"type": type, "len": len, "str": str, "getattr": getattr, "Exception": Exception},
+    "_Fail": _Fail,
+    "_unexpected": _unexpected,
+    "_key": _key,
+    "_to_text": to_text,
+    "_MISSING": _MISSING,
+}
+
+
+class _Source:
+    """The source of one generated function: lines, and the constants it reads as closure variables."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: list[Any] = []
+        self.count = 0
+        self.prologue: dict[str, str] = {}  # top-level case attributes, read once per call
+        self.rendered: dict[tuple[str, tuple], str] = {}  # placeholder -> variable holding its text
+
+    def const(self, value: Any) -> str:
+        self.consts.append(value)
+        return f"_k{len(self.consts) - 1}"
+
+    def var(self, prefix: str = "v") -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def add(self, indent: int, text: str) -> None:
+        self.lines.append("    " * indent + text)
+
+    def function(self, result: str, where: str) -> ValueFn:
+        """Compile the collected lines into `fn(case, it, w)` returning `result`."""
+        where_k = self.const(where)
+        params = ", ".join(f"_k{i}" for i in range(len(self.consts)))
+        lines = [f"{name} = case.{attr}" for attr, name in self.prologue.items()] + self.lines
+        body = "\n".join("            " + line for line in lines) or "            pass"
+        src = (
+            f"def _make({params}):\n"
+            f"    def _run(case, it, w):\n"
+            f"        _where = {where_k}\n"
+            f"        try:\n{body}\n"
+            f"        except _Fail:\n"
+            f"            raise\n"
+            f"        except Exception as _e:\n"
+            f"            raise _unexpected(_e, _where) from _e\n"
+            f"        return {result}\n"
+            f"    return _run\n"
+        )
+        self.text = src
+        namespace = dict(_GLOBALS)
+        # the source holds only generated names and integers; admin text arrives as `_kN` arguments
+        exec(compile(src, f"<mapping {where}>", "exec"), namespace)
+        fn: ValueFn = namespace["_make"](*self.consts)
+        return fn
+
+
+def _attr_ok(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("__")
 
 
 class _Compiler:
-    """Walks the validated model once, checking paths, lookups and target fields, and builds closures."""
+    """Walks the validated model once, checking paths, lookups and target fields, and writes the code."""
 
     def __init__(self, doc: YamlDoc, spec: MappingFile, lookups: dict[str, dict[str, Any]]) -> None:
         self.doc = doc
         self.spec = spec
         self.lookups = lookups
         self.errors: list[ConfigError] = []
+        self.src = _Source()
 
     def err(self, message: str, loc: Loc, hint: str | None = None) -> None:
         self.errors.append(self.doc.error(message, loc, hint))
 
-    # -- conditions
+    def k(self, value: Any) -> str:
+        return self.src.const(value)
 
-    def condition(self, cond: Condition, loc: Loc, root: Shape, item: Shape | None) -> CondFn:
-        if cond.all is not None:
-            subs = [self.condition(c, [*loc, "all", i], root, item) for i, c in enumerate(cond.all)]
-            return lambda c, it: all(s(c, it) for s in subs)
-        if cond.any is not None:
-            subs = [self.condition(c, [*loc, "any", i], root, item) for i, c in enumerate(cond.any)]
-            return lambda c, it: any(s(c, it) for s in subs)
-        if cond.not_ is not None:
-            sub = self.condition(cond.not_, [*loc, "not"], root, item)
-            return lambda c, it: not sub(c, it)
-        assert cond.path is not None
-        read = self.reader(cond.path, [*loc, "path"], root, item)
-        if read is None:
-            return lambda c, it: False
-        if cond.present is not None:
-            want = cond.present
-            return lambda c, it: (not _empty(read(c, it))) is want
-        if cond.equals is not None:
-            k = _key(cond.equals)
-            return lambda c, it: (v := read(c, it)) == k or _key(v) == k
-        if cond.not_equals is not None:
-            k = _key(cond.not_equals)
-            return lambda c, it: _key(read(c, it)) != k
-        if cond.in_ is not None:
-            ks = frozenset(_key(x) for x in cond.in_)
-            return lambda c, it: _key(read(c, it)) in ks
-        ks = frozenset(_key(x) for x in cond.not_in or ())
-        return lambda c, it: _key(read(c, it)) not in ks
+    def add(self, indent: int, text: str) -> None:
+        self.src.add(indent, text)
 
-    def reader(self, path: str, loc: Loc, root: Shape, item: Shape | None, leaf: bool = True
-               ) -> Callable[[Any, Any], Any] | None:
+    # -- reading paths
+
+    def read(self, path: str, loc: Loc, root: Shape, item: Shape | None, iv: str, ind: int,
+             leaf: bool = True, check: bool = True, into: str | None = None) -> str | None:
+        """Emit code reading `path` into a variable (None when anything on the way is missing)."""
         try:
             shape = resolve(path, root, item)
         except PathProblem as exc:
-            self.err(str(exc), loc, exc.hint)
-            return None
+            if check:
+                self.err(str(exc), loc, exc.hint)
+            raise
         if leaf and shape.kind in ("model", "list", "dict"):
             kids = ", ".join(sorted(shape.children)) if shape.kind == "model" else None
             self.err(
@@ -356,12 +407,81 @@ class _Compiler:
                 f"pick one of its fields: {kids}" if kids else "use 'each:' for lists",
             )
             return None
-        getter, on_item = compile_getter(path, root, item)
-        if on_item:
-            return lambda c, it: getter(it)
-        return lambda c, it: getter(c)
+        parts = path.split(".")
+        at = root
+        start = "case"
+        if parts[0] == ITEM_PREFIX:
+            at, start, parts = item or Shape("leaf", Any), iv, parts[1:]
+        out = into or self.src.var("r")
+        if not parts:
+            self.add(ind, f"{out} = {start}")
+            return out
+        for i, part in enumerate(parts):
+            obj = start if i == 0 else out
+            if at.kind == "dict":
+                expr = f"{obj}.get({self.k(part)})"
+                at = at.item or Shape("leaf", Any)
+            elif i == 0 and start == "case" and _attr_ok(part):
+                expr = self.src.prologue.setdefault(part, f"case_{part}")
+                at = at.children.get(part) or Shape("leaf", Any)
+            else:
+                expr = f"{obj}.{part}" if _attr_ok(part) else f"getattr({obj}, {self.k(part)}, None)"
+                at = at.children.get(part) or Shape("leaf", Any)
+            if i == 0:
+                self.add(ind, f"{out} = {expr}")
+            else:
+                self.add(ind, f"if {out} is not None: {out} = {expr}")
+        return out
 
-    # -- fields
+    def try_read(self, path: str, loc: Loc, root: Shape, item: Shape | None, iv: str, ind: int,
+                 leaf: bool = True, into: str | None = None) -> str | None:
+        try:
+            return self.read(path, loc, root, item, iv, ind, leaf=leaf, into=into)
+        except PathProblem:
+            return None
+
+    # -- conditions
+
+    def condition(self, cond: Condition, loc: Loc, root: Shape, item: Shape | None, iv: str, ind: int) -> str:
+        """Emit any statements the test needs and return a Python expression for it."""
+        if cond.all is not None or cond.any is not None:
+            group = cond.all if cond.all is not None else cond.any
+            assert group is not None
+            is_all = cond.all is not None
+            name = "all" if is_all else "any"
+            out = self.src.var("c")
+            # all: true only if every test passes; any: false only if every test fails
+            self.add(ind, f"{out} = {not is_all}")
+            depth = ind
+            for i, sub in enumerate(group):
+                test = self.condition(sub, [*loc, name, i], root, item, iv, depth)
+                self.add(depth, f"if {test}:" if is_all else f"if not ({test}):")
+                depth += 1
+            self.add(depth, f"{out} = {is_all}")
+            return out
+        if cond.not_ is not None:
+            test = self.condition(cond.not_, [*loc, "not"], root, item, iv, ind)
+            return f"(not {test})"
+        assert cond.path is not None
+        r = self.try_read(cond.path, [*loc, "path"], root, item, iv, ind)
+        if r is None:
+            return "False"
+        if cond.present is not None:
+            present = f"({r} is not None and {r} != '' and {r} != [])"
+            return present if cond.present else f"(not {present})"
+        if cond.equals is not None:
+            k = self.k(_key(cond.equals))
+            py = resolve(cond.path, root, item).py
+            if isinstance(py, type) and issubclass(py, str):
+                return f"({r} == {k})"  # text (or a text enum) compares equal to its key as it is
+            return f"({r} == {k} or _key({r}) == {k})"
+        if cond.not_equals is not None:
+            return f"(_key({r}) != {self.k(_key(cond.not_equals))})"
+        if cond.in_ is not None:
+            return f"(_key({r}) in {self.k(frozenset(_key(x) for x in cond.in_))})"
+        return f"(_key({r}) not in {self.k(frozenset(_key(x) for x in cond.not_in or ()))})"
+
+    # -- structures
 
     def record(
         self,
@@ -370,9 +490,11 @@ class _Compiler:
         targets: Mapping[str, TargetField] | None,
         root: Shape,
         item: Shape | None,
+        iv: str,
         prefix: str,
-    ) -> Callable[[Any, Any, list], dict[str, Any]]:
-        """A builder for one output structure (the payload or a nested complex type)."""
+        ind: int,
+    ) -> str:
+        """Emit code building one output structure (the payload or a nested complex type) into a dict."""
         if targets is not None:
             for name in specs:
                 if name not in targets:
@@ -385,42 +507,16 @@ class _Compiler:
                 if tf.required and name not in specs:
                     self.err(f"target field {name!r} is required by {self.spec.plugin!r} but not mapped",
                              loc, f"add '{name}:' under this 'fields:'")
-        steps: list[tuple[str, ValueFn, str]] = []
+        out = self.src.var("d")
+        self.add(ind, f"{out} = {{}}")
         for name, spec in specs.items():
             target = targets.get(name) if targets is not None else None
-            fn = self.field(spec, [*loc, name], target, root, item, f"{prefix}{name}")
-            if fn is not None:
-                steps.append((name, fn, f"{prefix}{name}"))
-        steps_t = tuple(steps)
-        pairs = tuple((name, fn) for name, fn, _ in steps)
+            v = self.field(spec, [*loc, name], target, root, item, iv, f"{prefix}{name}", ind)
+            if v is not None:
+                self.add(ind, f"if {v} is not None: {out}[{self.k(name)}] = {v}")
+        return out
 
-        def slow(case: Any, it: Any, warnings: list) -> dict[str, Any]:
-            # field by field, to name the field that failed
-            out: dict[str, Any] = {}
-            for name, fn, where in steps_t:
-                try:
-                    v = fn(case, it, warnings)
-                except _Fail:
-                    raise
-                except TemplateValueMissing as miss:
-                    raise _Fail(f"required value {miss.path!r} is missing", where) from None
-                except Exception as exc:
-                    raise _Fail(f"{type(exc).__name__}: {exc}", where) from exc
-                if v is not None:
-                    out[name] = v
-            return out
-
-        def build(case: Any, it: Any, warnings: list) -> dict[str, Any]:
-            n = len(warnings)
-            try:
-                return {name: v for name, fn in pairs if (v := fn(case, it, warnings)) is not None}
-            except _Fail:
-                raise
-            except Exception:
-                del warnings[n:]
-                return slow(case, it, warnings)  # raises again, now naming the field
-
-        return build
+    # -- fields
 
     def field(
         self,
@@ -429,54 +525,33 @@ class _Compiler:
         target: TargetField | None,
         root: Shape,
         item: Shape | None,
+        iv: str,
         where: str,
-    ) -> ValueFn | None:
-        base = self.base(spec, loc, target, root, item, where)
-        if base is None:
-            return None
-        post = self.post_ops(spec, loc, target, where, root)
-        fn: ValueFn
-        if not post:
-            fn = base
-        elif len(post) == 1:
-            op = post[0]
-
-            def fn(c: Any, it: Any, w: list) -> Any:
-                return op(base(c, it, w), w)
-        elif len(post) == 2:
-            op1, op2 = post
-
-            def fn(c: Any, it: Any, w: list) -> Any:
-                return op2(op1(base(c, it, w), w), w)
-        elif len(post) == 3:
-            op1, op2, op3 = post
-
-            def fn(c: Any, it: Any, w: list) -> Any:
-                return op3(op2(op1(base(c, it, w), w), w), w)
-        else:
-            ops = tuple(post)
-
-            def fn(c: Any, it: Any, w: list) -> Any:
-                v = base(c, it, w)
-                for op in ops:
-                    v = op(v, w)
-                return v
-
-        if target is not None and target.repeated and spec.each is None and spec.items is None:
-            inner = fn
-
-            def fn(c: Any, it: Any, w: list) -> Any:
-                v = inner(c, it, w)
-                return None if v is None else [v]
-
+        ind: int,
+    ) -> str | None:
+        """Emit code computing one field's value; returns the variable holding it (None: not set)."""
+        where_k = self.k(where)
+        self.add(ind, f"_where = {where_k}")
+        body = ind
+        out = ""
         if spec.when is not None:
-            cond = self.condition(spec.when, [*loc, "when"], root, item)
-            guarded = fn
-
-            def fn(c: Any, it: Any, w: list) -> Any:
-                return guarded(c, it, w) if cond(c, it) else None
-
-        return fn
+            out = self.src.var("f")
+            self.add(ind, f"{out} = None")
+            test = self.condition(spec.when, [*loc, "when"], root, item, iv, ind)
+            self.add(ind, f"if {test}:")
+            body = ind + 1
+        v = self.base(spec, loc, target, root, item, iv, where, body)
+        if v is None:
+            return None
+        if spec.fields is not None or spec.each is not None or spec.choose is not None or spec.items is not None:
+            self.add(body, f"_where = {where_k}")
+        self.post(spec, loc, target, where, v, body)
+        if target is not None and target.repeated and spec.each is None and spec.items is None:
+            self.add(body, f"if {v} is not None: {v} = [{v}]")
+        if not out:
+            return v
+        self.add(body, f"{out} = {v}")
+        return out
 
     def base(
         self,
@@ -485,8 +560,10 @@ class _Compiler:
         target: TargetField | None,
         root: Shape,
         item: Shape | None,
+        iv: str,
         where: str,
-    ) -> ValueFn | None:
+        ind: int,
+    ) -> str | None:
         structured = target is not None and bool(target.children)
         if structured and spec.fields is None and spec.items is None and spec.choose is None:
             self.err(f"target field {loc[-1]!r} is a structure", loc,
@@ -499,54 +576,29 @@ class _Compiler:
             self.err(f"target field {loc[-1]!r} is not a list", [*loc, "each"],
                      "map a single value with source/template instead")
         child_targets = dict(target.children) if target is not None and target.children else None
+        v = self.src.var()
 
         if spec.value is not None:
-            const = spec.value
-            return lambda c, it, w: const
+            self.add(ind, f"{v} = {self.k(spec.value)}")
+            return v
         if spec.source is not None:
             paths = [spec.source] if isinstance(spec.source, str) else spec.source
-            readers = []
+            ok = True
+            depth = ind
             for i, p in enumerate(paths):
-                r = self.reader(p, [*loc, "source"] if isinstance(spec.source, str) else [*loc, "source", i],
-                                root, item)
-                if r is not None:
-                    readers.append(compile_value_getter(p, root, item))
-            if len(readers) != len(paths):
-                return None
-            if len(readers) == 1:
-                return readers[0]
-            if len(readers) == 2:
-                r0, r1 = readers
-
-                def first2(c: Any, it: Any, w: list) -> Any:
-                    v = r0(c, it, w)
-                    return r1(c, it, w) if v is None or v == "" else v
-
-                return first2
-
-            def first(c: Any, it: Any, w: list) -> Any:
-                for r in readers:
-                    v = r(c, it, w)
-                    if v is not None and v != "":
-                        return v
-                return None
-
-            return first
+                ploc = [*loc, "source"] if isinstance(spec.source, str) else [*loc, "source", i]
+                if i:
+                    self.add(depth, f"if {v} is None or {v} == '':")
+                    depth += 1
+                if self.try_read(p, ploc, root, item, iv, depth, into=v) is None:
+                    ok = False
+            return v if ok else None
         if spec.template is not None:
-            try:
-                render = compile_template(spec.template, root, item)
-            except TemplateError as exc:
-                self.err(f"template: {exc} (at character {exc.offset + 1})", [*loc, "template"], exc.hint)
-                return None
-            return render
+            return self.template(spec.template, [*loc, "template"], root, item, iv, ind, v)
         if spec.fields is not None and spec.each is None:
-            build = self.record(spec.fields, [*loc, "fields"], child_targets, root, item, where + ".")
-
-            def nested(c: Any, it: Any, w: list) -> Any:
-                out = build(c, it, w)
-                return out or None
-
-            return nested
+            d = self.record(spec.fields, [*loc, "fields"], child_targets, root, item, iv, where + ".", ind)
+            self.add(ind, f"{v} = {d} or None")
+            return v
         if spec.each is not None:
             try:
                 shape = resolve(spec.each, root, item)
@@ -557,82 +609,132 @@ class _Compiler:
                 self.err(f"'each' needs a list; {spec.each!r} is not one", [*loc, "each"],
                          "lists in a Hub case: attachments")
                 return None
-            getter, on_item = compile_getter(spec.each, root, item)
+            seq = self.read(spec.each, [*loc, "each"], root, item, iv, ind, leaf=False)
             item_shape = shape.item or Shape("leaf", Any)
+            elem = self.src.var("it")
+            acc = self.src.var("l")
+            self.add(ind, f"{v} = None")
+            self.add(ind, f"if {seq}:")
+            self.add(ind + 1, f"{acc} = []")
+            self.add(ind + 1, f"for {elem} in {seq}:")
             if spec.fields is not None:
-                one = self.record(spec.fields, [*loc, "fields"], child_targets, root, item_shape, where + "[].")
+                one: str | None = self.record(spec.fields, [*loc, "fields"], child_targets, root, item_shape,
+                                              elem, where + "[].", ind + 2)
             else:
                 assert spec.item is not None
                 item_target = TargetField(name=str(loc[-1]), type=target.type) if target is not None else None
-                inner = self.field(spec.item, [*loc, "item"], item_target, root, item_shape, where + "[]")
-                if inner is None:
+                one = self.field(spec.item, [*loc, "item"], item_target, root, item_shape, elem,
+                                 where + "[]", ind + 2)
+                if one is None:
                     return None
-                one = inner
-
-            def each(c: Any, it: Any, w: list) -> Any:
-                seq = getter(it) if on_item else getter(c)
-                if not seq:
-                    return None
-                out = []
-                for element in seq:
-                    v = one(c, element, w)
-                    if v is not None:
-                        out.append(v)
-                return out or None
-
-            return each
+            self.add(ind + 2, f"if {one} is not None: {acc}.append({one})")
+            self.add(ind + 1, f"if {acc}: {v} = {acc}")
+            return v
         if spec.items is not None:
             if target is not None and not target.repeated:
                 self.err(f"target field {loc[-1]!r} is not a list", [*loc, "items"])
             element = TargetField(name=target.name, type=target.type, max_length=target.max_length,
                                   enum=target.enum, children=target.children) if target is not None else None
-            elems = [self.field(e, [*loc, "items", i], element, root, item, f"{where}[{i}]")
-                     for i, e in enumerate(spec.items)]
-            if any(e is None for e in elems):
-                return None
-            elems_t = tuple(elems)
-
-            def items(c: Any, it: Any, w: list) -> Any:
-                out = [v for e in elems_t if (v := e(c, it, w)) is not None]  # type: ignore[misc]
-                return out or None
-
-            return items
+            acc = self.src.var("l")
+            self.add(ind, f"{acc} = []")
+            ok = True
+            for i, e in enumerate(spec.items):
+                ev = self.field(e, [*loc, "items", i], element, root, item, iv, f"{where}[{i}]", ind)
+                if ev is None:
+                    ok = False
+                else:
+                    self.add(ind, f"if {ev} is not None: {acc}.append({ev})")
+            self.add(ind, f"{v} = {acc} or None")
+            return v if ok else None
         if spec.choose is not None:
-            options: list[tuple[CondFn | None, ValueFn]] = []
+            self.add(ind, f"{v} = None")
+            depth = ind
             for i, opt in enumerate(spec.choose):
                 optloc = [*loc, "choose", i]
-                cond = self.condition(opt.when, [*optloc, "when"], root, item) if opt.when else None
-                # the option's own 'when' picks it; compile the option without it
-                fn = self.field(opt.model_copy(update={"when": None}), optloc, target, root, item, where)
-                if fn is not None:
-                    options.append((cond, fn))
-
-            def choose(c: Any, it: Any, w: list) -> Any:
-                for cond, fn in options:
-                    if cond is None or cond(c, it):
-                        return fn(c, it, w)
-                return None
-
-            return choose
+                if opt.when is not None:
+                    test = self.condition(opt.when, [*optloc, "when"], root, item, iv, depth)
+                    self.add(depth, f"if {test}:")
+                    # the option's own 'when' picked it; compile the option without it
+                    ov = self.field(opt.model_copy(update={"when": None}), optloc, target, root, item, iv,
+                                    where, depth + 1)
+                    if ov is not None:
+                        self.add(depth + 1, f"{v} = {ov}")
+                    self.add(depth, "else:")
+                    depth += 1
+                else:
+                    ov = self.field(opt, optloc, target, root, item, iv, where, depth)
+                    if ov is not None:
+                        self.add(depth, f"{v} = {ov}")
+                    break  # later options can never be picked
+            if depth > ind:
+                self.add(depth, "pass")
+            return v
         # only a default
-        return lambda c, it, w: None
+        self.add(ind, f"{v} = None")
+        return v
 
-    def post_ops(
-        self, spec: FieldSpec, loc: Loc, target: TargetField | None, where: str, root: Shape
-    ) -> list[Callable[[Any, list], Any]]:
-        ops: list[Callable[[Any, list], Any]] = []
+    def template(self, text: str, loc: Loc, root: Shape, item: Shape | None, iv: str, ind: int, v: str
+                 ) -> str | None:
+        """Emit code rendering a template: placeholders read and filtered, then one %-format of the text."""
+        try:
+            parts = parse(text)
+            for p in parts:
+                if isinstance(p, Placeholder):
+                    try:
+                        resolve(p.path, root, item)
+                    except PathProblem as exc:
+                        raise TemplateError(str(exc), p.offset, exc.hint) from None
+        except TemplateError as exc:
+            self.err(f"template: {exc} (at character {exc.offset + 1})", loc, exc.hint)
+            return None
+        literal: list[str] = []
+        values: list[str] = []
+        for p in parts:
+            if isinstance(p, str):
+                literal.append(p.replace("%", "%%"))
+                continue
+            # the same placeholder in straight-line code (not inside a condition or loop) is rendered once
+            shared = (p.path, p.filters) if ind == 0 and not p.path.startswith(ITEM_PREFIX + ".") else None
+            if shared is not None and shared in self.src.rendered:
+                values.append(self.src.rendered[shared])
+                literal.append("%s")
+                continue
+            r = self.read(p.path, loc, root, item, iv, ind, leaf=False, check=False)
+            assert r is not None
+            if shared is not None:
+                self.src.rendered[shared] = r
+            for name, arg in p.filters:
+                if name == "default":
+                    self.add(ind, f"if {r} is None or {r} == '': {r} = {self.k(arg)}")
+                elif name == "oneline":
+                    self.add(ind, f"{r} = ' '.join(({r} if type({r}) is str else _to_text({r})).split())")
+                elif name in ("prefix", "suffix"):
+                    k = self.k(arg)
+                    text_r = f"({r} if type({r}) is str else _to_text({r}))"
+                    joined = f"{k} + {text_r}" if name == "prefix" else f"{text_r} + {k}"
+                    self.add(ind, f"{r} = '' if {r} is None or {r} == '' else {joined}")
+                else:
+                    self.add(ind, f"{r} = {self.k(filter_function(name, arg, p.path))}({r})")
+            if not p.filters or p.filters[-1][0] in ("default", "required"):
+                self.add(ind, f"if type({r}) is not str: {r} = _to_text({r})")
+            values.append(r)
+            literal.append("%s")
+        fmt = "".join(literal)
+        if not values:
+            self.add(ind, f"{v} = {self.k(fmt.replace('%%', '%'))}")
+        elif fmt == "%s":
+            self.add(ind, f"{v} = {values[0]}")
+        else:
+            self.add(ind, f"{v} = {self.k(fmt)} % ({', '.join(values)},)")
+        return v
+
+    def post(self, spec: FieldSpec, loc: Loc, target: TargetField | None, where: str, v: str, ind: int) -> None:
+        """Emit the checks and conversions after a field's value is read: default, map, type, enum, length."""
         if spec.fields is not None or spec.each is not None or spec.choose is not None or spec.items is not None:
             if spec.required:
-                def need(v: Any, w: list) -> Any:
-                    if _empty(v):
-                        raise _Fail("required value is missing", where)
-                    return v
-
-                ops.append(need)
-            return ops
-
-        has_default = spec.default is not None
-        dflt = spec.default
+                fail = f"_Fail({self.k('required value is missing')}, {self.k(where)})"
+                self.add(ind, f"if {v} is None or {v} == '' or {v} == []: raise {fail}")
+            return
 
         table: dict[str, Any] | None = None
         label = ""
@@ -655,15 +757,13 @@ class _Compiler:
         try:
             tz = ZoneInfo(spec.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            self.err(f"unknown time zone {spec.timezone!r}", [*loc, "timezone"], "e.g. Europe/London or UTC")
+            close = difflib.get_close_matches(spec.timezone, sorted(available_timezones()), n=1)
+            self.err(f"unknown time zone {spec.timezone!r}", [*loc, "timezone"],
+                     f"did you mean {close[0]!r}?" if close else "e.g. Europe/London or UTC")
             tz = ZoneInfo("Europe/London")
-        # values already of the target Python type skip the converter call
-        already: type | None = None
         if kind is not None:
             conv = _converter(kind, spec.format, tz, where)
             self.check_constants(spec, loc, conv, kind)
-            already = {ValueType.STRING: str, ValueType.INTEGER: int, ValueType.NUMBER: float,
-                       ValueType.BOOLEAN: bool}.get(kind)
 
         keys: frozenset[str | None] | None = None
         shown = ""
@@ -681,60 +781,94 @@ class _Compiler:
 
         limits = [x for x in (spec.max_length, target.max_length if target is not None else None) if x]
         limit = min(limits) if limits else None
-        truncate = spec.truncate
         if limit is not None:
             for value, vloc in self.constants(spec, loc):
-                if isinstance(value, str) and len(value) > limit and not truncate:
+                if isinstance(value, str) and len(value) > limit and not spec.truncate:
                     self.err(f"{value!r} is longer than the target's {limit} characters", vloc,
                              "shorten it, or set truncate: true")
 
         required = spec.required or (target is not None and target.required)
-        missing_hint = self.missing_hint(spec)
-        if not (has_default or table is not None or conv is not None or keys is not None or limit is not None
-                or required):
-            return ops
-
-        fold = spec.ignore_case
-        has_fallback = spec.has_fallback
-        fallback = spec.fallback
-        missing = object()
-        known = ""
+        if spec.value is not None and table is None:
+            # a constant: convert and check it now, once, unless it needs the truncation warning per case
+            try:
+                folded = conv(spec.value) if conv is not None else spec.value
+            except _Fail:
+                return  # reported by check_constants
+            too_long = limit is not None and isinstance(folded, str) and len(folded) > limit
+            if not too_long and not (required and _empty(folded)):
+                # base() wrote `v = <constant>` as the line just before; write the converted one instead
+                assert self.src.lines[-1].lstrip().startswith(f"{v} = ")
+                self.src.lines[-1] = "    " * ind + f"{v} = {self.k(folded)}"
+                return
+        # templates always give text, so the None checks and the text conversion can go
+        text = spec.template is not None
+        empty = f"{v} == ''" if text else f"{v} is None or {v} == ''"
+        if spec.default is not None:
+            self.add(ind, f"if {empty}: {v} = {self.k(spec.default)}")
+            text = False  # the default may be a number
         if table is not None:
-            known = ", ".join(sorted(table)[:12]) + (", ..." if len(table) > 12 else "")
+            miss = self.k(self.no_entry(table, label, spec, where))
+            kv = self.src.var("key")
+            self.add(ind, f"if {v} is not None:")
+            self.add(ind + 1, f"{kv} = {v} if type({v}) is str else _key({v})")
+            if spec.ignore_case:
+                self.add(ind + 1, f"{kv} = {kv}.casefold()")
+            self.add(ind + 1, f"{v} = {self.k(table)}.get({kv}, _MISSING)")
+            self.add(ind + 1, f"if {v} is _MISSING: {v} = {miss}({kv}, w)")
+            text = False
+        if conv is not None and not (text and kind is ValueType.STRING):
+            already = {ValueType.STRING: str, ValueType.INTEGER: int, ValueType.NUMBER: float,
+                       ValueType.BOOLEAN: bool}.get(kind)  # type: ignore[arg-type]
+            if text:
+                guard = f"if type({v}) is not {self.k(already)}: " if already is not None else ""
+                self.add(ind, f"{guard}{v} = {self.k(conv)}({v})")
+                text = False
+            elif already is not None:
+                self.add(ind, f"if {v} is not None and type({v}) is not {self.k(already)}: "
+                              f"{v} = {self.k(conv)}({v})")
+            else:
+                self.add(ind, f"if {v} is not None: {v} = {self.k(conv)}({v})")
+        if keys is not None:
+            bad = self.k(self.not_allowed(where, shown))
+            self.add(ind, f"if {v} is not None and _key({v}) not in {self.k(keys)}: raise {bad}({v})")
+        if limit is not None:
+            self.add(ind, f"if type({v}) is str and len({v}) > {int(limit)}: "
+                          f"{v} = {self.k(self.too_long(where, limit, spec.truncate))}({v}, w)")
+        if required:
+            fail = f"_Fail({self.k('required value is missing')}, {self.k(where)}, {self.k(self.missing_hint(spec))})"
+            self.add(ind, f"if {v} == '': raise {fail}" if text else f"if {v} is None or {v} == '': raise {fail}")
 
-        # One fused step per field: the checks below are cheap branches on constants, where a chain of
-        # small functions would cost a call each.
-        def finish(v: Any, w: list) -> Any:
-            if has_default and (v is None or v == ""):
-                v = dflt
-            if table is not None and v is not None:
-                k = v if type(v) is str else _key(v)
-                if fold:
-                    k = k.casefold()  # type: ignore[union-attr]
-                out = table.get(k, missing)  # type: ignore[arg-type]
-                if out is missing:
-                    if not has_fallback:
-                        raise _Fail(f"no {label} entry for {k!r}", where,
-                                    f"known: {known}; add an entry or a fallback")
-                    w.append(f"{where}: no {label} entry for {k!r}; used fallback {fallback!r}")
-                    out = fallback
-                v = out
-            if conv is not None and v is not None and type(v) is not already:
-                v = conv(v)
-            if keys is not None and v is not None and _key(v) not in keys:
-                raise _Fail(f"{v!r} is not one of the allowed values", where, f"allowed: {shown}")
-            if limit is not None and type(v) is str and len(v) > limit:
-                if not truncate:
-                    raise _Fail(f"text of {len(v)} characters is longer than the maximum {limit}", where,
-                                "set truncate: true on this field to cut it instead")
-                w.append(f"{where}: truncated from {len(v)} to {limit} characters")
-                v = v[:limit]
-            if required and (v is None or v == ""):
-                raise _Fail("required value is missing", where, missing_hint)
-            return v
+    # -- the rare paths, kept out of the generated code
 
-        ops.append(finish)
-        return ops
+    @staticmethod
+    def no_entry(table: dict[str, Any], label: str, spec: FieldSpec, where: str
+                 ) -> Callable[[str, list], Any]:
+        known = ", ".join(sorted(table)[:12]) + (", ..." if len(table) > 12 else "")
+        has_fallback, fallback = spec.has_fallback, spec.fallback
+
+        def miss(k: str, w: list) -> Any:
+            if not has_fallback:
+                raise _Fail(f"no {label} entry for {k!r}", where, f"known: {known}; add an entry or a fallback")
+            w.append(f"{where}: no {label} entry for {k!r}; used fallback {fallback!r}")
+            return fallback
+
+        return miss
+
+    @staticmethod
+    def not_allowed(where: str, shown: str) -> Callable[[Any], _Fail]:
+        return lambda v: _Fail(f"{v!r} is not one of the allowed values", where, f"allowed: {shown}")
+
+    @staticmethod
+    def too_long(where: str, limit: int, truncate: bool) -> Callable[[str, list], str]:
+        def cut(v: str, w: list) -> str:
+            if not truncate:
+                raise _Fail(f"text of {len(v)} characters is longer than the maximum {limit}", where,
+                            "set truncate: true on this field to cut it instead")
+            w.append(f"{where}: truncated from {len(v)} to {limit} characters")
+            return v[:limit]
+
+        return cut
+
 
     @staticmethod
     def missing_hint(spec: FieldSpec) -> str | None:
@@ -869,13 +1003,15 @@ def load_mapping(path: Path | str, target_fields: Mapping[str, TargetField] | No
     spec = doc.validate(MappingFile)
     lookups, lookup_files = _load_lookups(doc, spec, p.resolve().parent)
     comp = _Compiler(doc, spec, lookups)
-    build = comp.record(spec.outbound.fields, ["outbound", "fields"], target_fields, CASE_SHAPE, None, "")
+    payload = comp.record(spec.outbound.fields, ["outbound", "fields"], target_fields, CASE_SHAPE, None, "it",
+                          "", 0)
+    out_src = comp.src
 
-    inbound_fns: list[ValueFn | None] = []
+    inbound_srcs: list[tuple[_Source, str, str] | None] = []
     for part in ("status", "note", "resolution"):
         fspec: FieldSpec | None = getattr(spec.inbound, part)
         if fspec is None:
-            inbound_fns.append(None)
+            inbound_srcs.append(None)
             continue
         loc: Loc = ["inbound", part]
         if part == "status":
@@ -889,10 +1025,13 @@ def load_mapping(path: Path | str, target_fields: Mapping[str, TargetField] | No
                     if str(value) not in HUB_STATUSES:
                         comp.err(f"lookup {fspec.lookup!r} maps {key!r} to {value!r}, which is not a Hub status",
                                  [*loc, "lookup"], "Hub statuses: " + ", ".join(HUB_STATUSES))
-        fn = comp.field(fspec, loc, None, UPDATE_SHAPE, None, f"inbound.{part}")
-        inbound_fns.append(fn)
+        comp.src = _Source()
+        result = comp.field(fspec, loc, None, UPDATE_SHAPE, None, "it", f"inbound.{part}", 0)
+        inbound_srcs.append(None if result is None else (comp.src, result, f"inbound.{part}"))
     if comp.errors:
         raise ConfigErrors(comp.errors)
+    build = out_src.function(payload, "outbound")
+    inbound_fns = [None if part is None else part[0].function(part[1], part[2]) for part in inbound_srcs]
     contents = [(p.resolve(), data), *lookup_files]
     return CompiledMapping(
         name=spec.mapping,

@@ -226,7 +226,7 @@ def _compile_placeholder(ph: Placeholder, root: Shape, item: Shape | None) -> Pa
 
         return with_default
 
-    ops = tuple(_filter(name, arg, ph.path) for name, arg in filters)
+    ops = tuple(filter_function(name, arg, ph.path) for name, arg in filters)
     if len(ops) == 1:
         (op,) = ops
 
@@ -245,7 +245,8 @@ def _compile_placeholder(ph: Placeholder, root: Shape, item: Shape | None) -> Pa
     return filtered
 
 
-def _filter(name: str, arg: Any, path: str) -> Callable[[Any], Any]:
+def filter_function(name: str, arg: Any, path: str) -> Callable[[Any], Any]:
+    """The function applying one template filter (with its argument) to a value."""
     if name == "default":
         return lambda v: arg if v is None or v == "" else v
     if name == "required":

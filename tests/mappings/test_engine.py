@@ -206,3 +206,58 @@ def test_lookup_file_errors_point_into_the_lookup(write) -> None:
     with pytest.raises(ConfigErrors) as info:
         load_mapping(path)
     assert "lk.yaml:3:1: entrys: unknown key 'entrys' (did you mean 'entries'?)" in str(info.value)
+
+
+def test_admin_text_is_data_never_code(write) -> None:
+    """Values, map keys, dict keys and template text that look like Python reach the payload verbatim."""
+    evil = "x'); __import__('os').system('false'); ('"
+    path = write(HEAD + f"""
+outbound:
+  fields:
+    A: {{value: "{evil}"}}
+    B:
+      source: attributes.kind
+      map: {{"{evil}": "matched", "__class__": "dunder"}}
+      fallback: "none"
+    C: {{template: "%s %(x)s {{{{ref}}}} {{ref|default:'\\"; raise SystemExit; \\"'}}"}}
+    D: {{source: attributes.__class__}}
+    E:
+      choose:
+        - when: {{path: attributes.kind, equals: "{evil}"}}
+          value: chosen
+        - value: other
+""")
+    m = load_mapping(path)
+    p = m.outbound(HubCase.model_validate(case_data(attributes={"kind": evil, "__class__": "c"}))).payload
+    assert p == {"A": evil, "B": "matched", "C": "%s %(x)s {ref} WH-2026-000123", "D": "c", "E": "chosen"}
+    p2 = m.outbound(HubCase.model_validate(case_data(attributes={"kind": "__class__"}))).payload
+    assert p2["B"] == "dunder" and p2["E"] == "other" and "D" not in p2
+
+
+def test_conditions_lists_and_choose_fall_through(write) -> None:
+    path = write(HEAD + """
+outbound:
+  fields:
+    Pick:
+      choose:
+        - when: {not: {any: [{path: channel, equals: web}, {path: priority, in: [high, emergency]}]}}
+          value: quiet
+        - when: {all: [{path: customer.email, present: true}, {path: attributes.n, not_equals: 2}]}
+          template: "mail {customer.email}"
+    Phones:
+      items:
+        - {source: customer.phone}
+        - {source: attributes.second_phone}
+    First: {source: [attributes.a, attributes.b, customer.name]}
+    Names: {each: attachments, item: {template: "{item.filename|upper}"}}
+""")
+    m = load_mapping(path)
+    att = [{"filename": "a.jpg", "content_type": "image/jpeg", "url": "https://h/a"},
+           {"filename": "b.jpg", "content_type": "image/jpeg", "url": "https://h/b"}]
+    p = m.outbound(HubCase.model_validate(case_data(channel="web", attachments=att,
+                                                    attributes={"b": "bee", "n": 3}))).payload
+    assert p == {"Pick": "mail ann@example.org", "Phones": ["01527 881288"], "First": "bee",
+                 "Names": ["A.JPG", "B.JPG"]}
+    p = m.outbound(HubCase.model_validate(case_data(channel="web", attributes={"n": 2}))).payload
+    assert "Pick" not in p and "Names" not in p and p["First"] == "Ann Smith"
+    assert m.outbound(HubCase.model_validate(case_data())).payload["Pick"] == "quiet"
