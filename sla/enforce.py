@@ -4,7 +4,11 @@
 2. breaches: open clocks with `due_at <= now` not yet breached (an index range scan on (state, due_at));
 3. warnings: open clocks with `warn_at <= now` not yet warned;
 4. the actions, each one INSERT ... SELECT / UPDATE over the marked clocks: audit events, the cases'
-   queue priority, Hub updates in the outbox (sequence = the case's last + 1), then metrics.
+   queue priority (and pending deliveries brought forward so reconcile re-publishes them at that
+   priority), Hub updates in the outbox (sequence = the case's last + 1), breaches into the escalation
+   outbox (`sla_escalations`, destination queue from config), then metrics.
+
+`publish_escalations` then sends the escalation outbox to each destination's queue on the broker.
 
 Every action is written in the sweep's transaction, so a crash fires nothing and the next beat retries.
 A concurrent sweep skips clocks the first one marked (the `NOT breached` / `NOT warned` filters are
@@ -16,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import bindparam, func, select, text, update
@@ -23,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from hubbridge.sla import metrics
 from hubbridge.sla.policy import SlaConfig
-from hubbridge.sla.tables import TICKING_STATES, SlaClockRow, SlaSweepRow
+from hubbridge.sla.tables import TICKING_STATES, SlaClockRow, SlaEscalationRow, SlaSweepRow
 from hubbridge.workflows.store import UtcDateTime
 
 log = structlog.get_logger(__name__)
@@ -31,6 +36,8 @@ log = structlog.get_logger(__name__)
 WARN_QUEUE_PRIORITY = 5
 BREACH_QUEUE_PRIORITY = 9
 SOURCE = "hubbridge-sla"
+GAUGE_REFRESH_SECONDS = 30.0
+_gauges_refreshed: float | None = None
 
 
 @dataclass
@@ -45,7 +52,14 @@ class SweepResult:
     hub_updates: int = 0
     updated_refs: list[str] = field(default_factory=list)
     escalations: dict[str, list[str]] = field(default_factory=dict)
+    escalated: int = 0
+    brought_forward: int = 0
     seconds: float = 0.0
+
+    @property
+    def hub_refs(self) -> list[str]:
+        """The cases with a new Hub update to push (what `pipeline.reconcile` hands to push_hub)."""
+        return self.updated_refs
 
 
 def _iso(value: datetime) -> str:
@@ -127,10 +141,17 @@ def sweep(session: Session, now: datetime, config: SlaConfig | None = None, *,
     result.events = events.rowcount or 0
 
     for column, level in (("breach_sweep", BREACH_QUEUE_PRIORITY), ("warn_sweep", WARN_QUEUE_PRIORITY)):
-        session.execute(text(
-            f"UPDATE cases SET queue_priority = {level}, updated_at = :now "
+        # A queued message keeps the priority it was published with, so a case still waiting for its
+        # first delivery is made due now: the next reconcile re-publishes it at the raised priority (the
+        # delivery claim makes the old copy a no-op). Cases in retry backoff keep their retry time and
+        # are re-published at the raised priority when it comes, so a struggling back office is not rushed.
+        raised = session.execute(text(
+            f"UPDATE cases SET queue_priority = {level}, updated_at = :now, "
+            f"next_attempt_at = CASE WHEN stage = 'received' AND attempts = 0 "
+            f"AND (claimed_until IS NULL OR claimed_until < :now) THEN :now ELSE next_attempt_at END "
             f"WHERE queue_priority < {level} AND hub_ref IN (SELECT hub_ref FROM sla_clocks WHERE {column} = :sid)"
         ).bindparams(*typed), params)
+        result.brought_forward += raised.rowcount or 0
 
     updates = session.execute(text(
         f"INSERT INTO hub_updates (hub_ref, sequence, status, payload, created_at, attempts) "
@@ -143,6 +164,8 @@ def sweep(session: Session, now: datetime, config: SlaConfig | None = None, *,
         f"FROM ({fired}) f JOIN cases c ON c.hub_ref = f.hub_ref) x"
     ).bindparams(*typed), params)
     result.hub_updates = updates.rowcount or 0
+
+    result.escalated = _escalate(session, config, params)
 
     result.updated_refs = list(session.scalars(text(
         f"SELECT DISTINCT f.hub_ref FROM ({fired}) f JOIN cases c ON c.hub_ref = f.hub_ref ORDER BY f.hub_ref"
@@ -163,17 +186,88 @@ def sweep(session: Session, now: datetime, config: SlaConfig | None = None, *,
             metrics.fired(kind, service, authority, clock, count)
     _finish(session, run, result, began, refresh_gauges, now)
     log.info("sla.sweep", sweep=sid, warnings=result.warnings, breaches=result.breaches,
-             hub_updates=result.hub_updates, seconds=round(result.seconds, 3))
+             hub_updates=result.hub_updates, escalated=result.escalated, seconds=round(result.seconds, 3))
     return result
 
 
 def _finish(session: Session, run: SlaSweepRow, result: SweepResult, began: float, refresh_gauges: bool,
             now: datetime) -> None:
-    if refresh_gauges:
+    global _gauges_refreshed
+    # The gauges change when something fires (here) or a clock stops (between sweeps); re-reading them
+    # scans every warned clock, too dear for every idle beat tick, so an idle sweep re-reads them at
+    # most every GAUGE_REFRESH_SECONDS. (The API reads them from the store at scrape time anyway.)
+    fired = bool(result.warnings or result.breaches)
+    stale = _gauges_refreshed is None or time.monotonic() - _gauges_refreshed >= GAUGE_REFRESH_SECONDS
+    if refresh_gauges and (fired or stale):
         metrics.refresh(session, now)
+        _gauges_refreshed = time.monotonic()
     result.seconds = time.perf_counter() - began
     run.warnings = result.warnings
     run.breaches = result.breaches
     run.seconds = result.seconds
     session.flush()
     metrics.SWEEP_SECONDS.observe(result.seconds)
+
+
+def _escalate(session: Session, config: SlaConfig | None, params: dict[str, object]) -> int:
+    """Put this sweep's breaches into the escalation outbox, the destination queue named by config."""
+    names = sorted(config.escalations) if config is not None else []
+    # the name -> queue table is tiny (one row per escalation in sla.yaml), so it goes inline as a CASE
+    whens = " ".join(f"WHEN :esc_{i} THEN :queue_{i}" for i in range(len(names)))
+    queue_of = f"CASE escalation {whens} ELSE :fallback END" if names else ":fallback"
+    binds: dict[str, object] = {"fallback": FALLBACK_QUEUE}
+    for i, name in enumerate(names):
+        assert config is not None
+        binds[f"esc_{i}"] = name
+        binds[f"queue_{i}"] = config.escalations[name].queue
+    inserted = session.execute(text(
+        f"INSERT INTO sla_escalations (sweep_id, hub_ref, clock, service, authority, escalation, queue, due_at, "
+        f"created_at) SELECT :sid, hub_ref, clock, service, authority, COALESCE(escalation, ''), "
+        f"{queue_of}, due_at, :now FROM sla_clocks WHERE breach_sweep = :sid"
+    ).bindparams(bindparam("now", type_=UtcDateTime())), {**params, **binds})
+    return inserted.rowcount or 0
+
+
+ESCALATION_EXCHANGE = "hubbridge.sla"
+FALLBACK_QUEUE = "sla.escalations"
+"""Where a breach goes when its clock names no escalation (or one since removed from sla.yaml)."""
+
+
+def publish_escalations(session: Session, connection: Any, config: SlaConfig | None = None,
+                        *, limit: int = 5000) -> int:
+    """Send unpublished escalation outbox rows to their queues (persistent, top priority) and stamp them.
+
+    At least once: a crash between publishing and the commit publishes those rows again, so a consumer
+    treats (hub_ref, clock, sweep) as the message's identity. Returns how many were sent.
+    """
+    from kombu import Exchange, Producer, Queue
+
+    esc = SlaEscalationRow
+    rows = list(session.scalars(select(esc).where(esc.published_at.is_(None)).order_by(esc.id).limit(limit)))
+    if not rows:
+        return 0
+    exchange = Exchange(ESCALATION_EXCHANGE, type="direct", durable=True)
+    teams = {k: v.hub_team for k, v in config.escalations.items()} if config is not None else {}
+    declared: set[str] = set()
+    with connection.channel() as channel:
+        producer = Producer(channel, exchange=exchange)
+        for row in rows:
+            if row.queue not in declared:
+                queue = Queue(row.queue, exchange, routing_key=row.queue, durable=True,
+                              queue_arguments={"x-max-priority": 10})
+                queue.declare(channel=channel)
+                declared.add(row.queue)
+            producer.publish(
+                {"hub_ref": row.hub_ref, "clock": row.clock, "service": row.service, "authority": row.authority,
+                 "escalation": row.escalation, "hub_team": teams.get(row.escalation), "sweep": row.sweep_id,
+                 "due_at": row.due_at.isoformat() if row.due_at else None,
+                 "breached_at": row.created_at.isoformat()},
+                routing_key=row.queue, serializer="json", delivery_mode=2, priority=BREACH_QUEUE_PRIORITY,
+                message_id=f"{row.hub_ref}:{row.clock}:{row.sweep_id}", retry=True,
+            )
+    now = datetime.now(UTC)
+    session.execute(update(esc).where(esc.id.in_([r.id for r in rows]))
+                    .values(published_at=now).execution_options(synchronize_session=False))
+    session.flush()
+    log.info("sla.escalations.published", count=len(rows), queues=sorted(declared))
+    return len(rows)

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import contextlib
+import weakref
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from hubbridge.sla.tables import TICKING_STATES, SlaClockRow
 
 LABELS = ("service", "authority")
+AT_RISK_DOC = ("hubbridge_sla_clocks_at_risk", "Open SLA clocks past their warning point, not yet breached")
+BREACHED_DOC = ("hubbridge_sla_clocks_breached", "Open SLA clocks past their due time")
 
 
 def _make(registry: CollectorRegistry) -> tuple[Counter, Counter, Gauge, Gauge, Histogram]:
     return (
         Counter("hubbridge_sla_warnings", "SLA warnings fired", [*LABELS, "clock"], registry=registry),
         Counter("hubbridge_sla_breaches", "SLA breaches fired", [*LABELS, "clock"], registry=registry),
-        Gauge("hubbridge_sla_clocks_at_risk", "Open SLA clocks past their warning point, not yet breached",
-              LABELS, registry=registry),
-        Gauge("hubbridge_sla_clocks_breached", "Open SLA clocks past their due time", LABELS, registry=registry),
+        Gauge(*AT_RISK_DOC, LABELS, registry=registry),
+        Gauge(*BREACHED_DOC, LABELS, registry=registry),
         Histogram("hubbridge_sla_sweep_seconds", "Time taken by one SLA sweep", registry=registry,
                   buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)),
     )
@@ -34,8 +40,8 @@ def fired(kind: str, service: str, authority: str, clock: str, count: int) -> No
     (BREACHES if kind == "breach" else WARNINGS).labels(service, authority, clock).inc(count)
 
 
-def refresh(session: Session, now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
-    """Set the at-risk and breached gauges from the store in one grouped query over warned open clocks."""
+def standing(session: Session, now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
+    """(at risk, breached) open clocks per (service, authority), in one grouped query over warned clocks."""
     clk = SlaClockRow
     breached = (clk.breached.is_(True)) | (clk.due_at <= now)
     rows = session.execute(
@@ -47,9 +53,12 @@ def refresh(session: Session, now: datetime) -> dict[tuple[str, str], tuple[int,
         .where(clk.state.in_(TICKING_STATES), (clk.warned.is_(True)) | (clk.warn_at <= now))
         .group_by(clk.service, clk.authority)
     ).all()
-    seen = {}
-    for service, authority, at_risk, over in rows:
-        seen[(service, authority)] = (int(at_risk or 0), int(over or 0))
+    return {(service, authority): (int(at_risk or 0), int(over or 0)) for service, authority, at_risk, over in rows}
+
+
+def refresh(session: Session, now: datetime) -> dict[tuple[str, str], tuple[int, int]]:
+    """Set this process's at-risk and breached gauges from the store (the sweep does, after each run)."""
+    seen = standing(session, now)
     for key in _gauge_labels - set(seen):
         AT_RISK.labels(*key).set(0)
         BREACHED.labels(*key).set(0)
@@ -58,3 +67,51 @@ def refresh(session: Session, now: datetime) -> dict[tuple[str, str], tuple[int,
         BREACHED.labels(*key).set(over)
     _gauge_labels.update(seen)
     return seen
+
+
+class StoreStandingCollector(Collector):
+    """The at-risk and breached gauges read from the store at each scrape.
+
+    The sweep runs in a Celery worker, so a process that only serves `/metrics` (the API) would otherwise
+    show gauges nobody sets; this reads the same figures from the store whenever it is scraped.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [_family(AT_RISK_DOC), _family(BREACHED_DOC)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from hubbridge.workflows.store import session_scope
+
+        with session_scope(self.database_url) as session:
+            seen = standing(session, datetime.now(UTC))
+        at_risk, breached = _family(AT_RISK_DOC), _family(BREACHED_DOC)
+        for (service, authority), (risk, over) in sorted(seen.items()):
+            at_risk.add_metric([service, authority], risk)
+            breached.add_metric([service, authority], over)
+        yield at_risk
+        yield breached
+
+
+def _family(doc: tuple[str, str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(doc[0], doc[1], labels=list(LABELS))
+
+
+def collect_from_store(database_url: str, registry: CollectorRegistry = REGISTRY) -> StoreStandingCollector:
+    """Serve the SLA gauges of `registry` from the store (for the API's `/metrics`), replacing the in-process ones."""
+    existing = _store_collectors.get(registry)
+    if existing is not None:  # an app built twice in one process (tests) points the same collector anew
+        existing.database_url = database_url
+        return existing
+    for gauge in (AT_RISK, BREACHED):
+        with contextlib.suppress(KeyError):  # not on this registry
+            registry.unregister(gauge)
+    collector = StoreStandingCollector(database_url)
+    registry.register(collector)
+    _store_collectors[registry] = collector
+    return collector
+
+
+_store_collectors: weakref.WeakKeyDictionary[CollectorRegistry, StoreStandingCollector] = weakref.WeakKeyDictionary()

@@ -81,6 +81,30 @@ class SlaPauseRow(Base):
     resumed_at: Mapped[datetime | None] = mapped_column()
 
 
+class SlaEscalationRow(Base):
+    """One breach to hand to its escalation destination: an outbox row, written by the sweep, published later.
+
+    Written in the sweep's transaction so no breach is escalated without being recorded (or the reverse);
+    `publish_escalations` sends unpublished rows to their queue and stamps `published_at`.
+    """
+
+    __tablename__ = "sla_escalations"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[int] = mapped_column(BigInteger)
+    hub_ref: Mapped[str] = mapped_column(String(32))
+    clock: Mapped[str] = mapped_column(String(32))
+    service: Mapped[str] = mapped_column(String(80))
+    authority: Mapped[str] = mapped_column(String(64))
+    escalation: Mapped[str] = mapped_column(String(64))
+    queue: Mapped[str] = mapped_column(String(96))
+    due_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (Index("ix_sla_escalations_published", "published_at", "id"),)
+
+
 class SlaSweepRow(Base):
     """One run of the sweep; its id marks the clocks it fired so the actions can be done set-based."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
@@ -58,14 +58,16 @@ def test_add_is_monotonic(cal: BusinessCalendar, start: datetime, a: timedelta, 
 
 
 @settings(max_examples=300, deadline=None)
-@given(cal=calendars, start=instants, target=durations, offset=durations)
-def test_pause_outside_business_hours_changes_nothing(cal: BusinessCalendar, start: datetime,
-                                                      target: timedelta, offset: timedelta) -> None:
-    # pause at the close of some business instant before the due time, resume at the next opening:
-    # the paused span holds no business time, so the due time must not move
+@given(cal=calendars, start=instants, target=durations, offset=st.integers(min_value=0, max_value=60 * 24 * 60),
+       length=st.integers(min_value=1, max_value=5 * 24 * 60))
+def test_pause_outside_business_hours_changes_nothing(cal: BusinessCalendar, start: datetime, target: timedelta,
+                                                      offset: int, length: int) -> None:
+    # pause at any closed instant before the due time, for any span that stays closed (up to the next
+    # opening): the paused span holds no business time, so the due time must not move
     due = cal.add(start, target)
-    pause_at = cal.add(start, min(offset, target - MINUTE))  # paused before the due time
-    resume_at = cal.next_open(pause_at + MINUTE) if not cal.is_open(pause_at) else pause_at
+    pause_at = start + offset * MINUTE
+    assume(pause_at < due and not cal.is_open(pause_at))
+    resume_at = min(pause_at + length * MINUTE, cal.next_open(pause_at))
     assert cal.between(pause_at, resume_at) == timedelta(0)
     spent = cal.between(start, pause_at)
     assert cal.add(resume_at, target - spent) == due

@@ -13,7 +13,7 @@ from hubbridge.sla.engine import SlaEngine
 from hubbridge.workflows.store import engine_for, migrate
 from tests.sla.conftest import PG_ADMIN, _pg_available, add_case, utc
 
-SLA_TABLES = {"sla_clocks", "sla_pauses", "sla_sweeps"}
+SLA_TABLES = {"sla_clocks", "sla_pauses", "sla_sweeps", "sla_escalations"}
 
 
 def _check(url: str, sla: SlaEngine) -> None:
@@ -27,7 +27,7 @@ def _check(url: str, sla: SlaEngine) -> None:
         add_case(s, "WH-2026-000001")
         sla.start(s, "WH-2026-000001", "refuse.missed-collection", "bromsgrove", "normal", utc(2026, 3, 2, 7))
         result = sla.sweep(s, utc(2026, 3, 9, 7))
-        assert result.breaches == 2 and result.hub_updates == 2
+        assert result.breaches == 2 and result.hub_updates == 2 and result.escalated == 2
         s.commit()
     engine.dispose()
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
+import pytest
+from kombu import Connection
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from hubbridge.case import CaseUpdate, HubStatus
+from hubbridge.sla.enforce import FALLBACK_QUEUE, publish_escalations
 from hubbridge.sla.engine import SlaEngine
-from hubbridge.sla.tables import SlaClockRow, SlaSweepRow
+from hubbridge.sla.tables import SlaClockRow, SlaEscalationRow, SlaSweepRow
 from hubbridge.workflows.store import CaseRow, EventRow, HubUpdateRow
+from tests.conftest import AMQP_URL
 from tests.sla.conftest import add_case, utc
 
 H = timedelta(hours=1)
@@ -151,3 +156,79 @@ def test_priority_raised_after_warning_does_not_warn_twice(sla: SlaEngine, store
         sla.on_priority(s, REF, "high", wed_9)
         result = sla.sweep(s, wed_9 + timedelta(minutes=1))
         assert result.warnings == 0 and result.breaches == 1  # high: 16 h target, already over
+
+
+def test_breach_goes_to_the_escalation_outbox_with_the_configured_queue(sla: SlaEngine, store: Engine) -> None:
+    with Session(store) as s:
+        add_case(s, REF)
+        add_case(s, "WH-2026-000002", service="highways.dangerous-defect", authority="worcestershire")
+        sla.start(s, REF, "refuse.missed-collection", "bromsgrove", "normal", START)
+        sla.start(s, "WH-2026-000002", "highways.dangerous-defect", "worcestershire", "normal", START,
+                  escalation="no-such-team")
+        s.commit()
+        warn = sla.sweep(s, START + 3 * H)  # warnings are not escalated; the 24/7 clocks breach (2 h)
+        s.commit()
+        assert warn.escalated == 2 and warn.hub_refs == warn.updated_refs == [REF, "WH-2026-000002"]
+        rows = list(s.scalars(select(SlaEscalationRow).order_by(SlaEscalationRow.id)))
+        assert {(r.hub_ref, r.clock, r.escalation, r.queue) for r in rows} == {
+            ("WH-2026-000002", "acknowledge", "no-such-team", FALLBACK_QUEUE),
+            ("WH-2026-000002", "resolve", "no-such-team", FALLBACK_QUEUE),
+        }
+        breach = sla.sweep(s, START + 4 * H)
+        s.commit()
+        [row] = s.scalars(select(SlaEscalationRow).where(SlaEscalationRow.sweep_id == breach.sweep_id))
+        assert (row.hub_ref, row.clock, row.escalation, row.queue) == (
+            REF, "acknowledge", "refuse-supervisors", "sla.escalations.refuse")
+        assert row.due_at == utc(2026, 3, 2, 11, 0) and row.published_at is None
+        assert sla.sweep(s, START + 4 * H + timedelta(minutes=5)).escalated == 0
+
+
+def test_pending_delivery_is_brought_forward_but_a_retry_keeps_its_time(sla: SlaEngine, store: Engine) -> None:
+    later = utc(2026, 3, 9, 7, 0)
+    with Session(store) as s:
+        for i, attempts in ((1, 0), (2, 3), (3, 0)):
+            ref = f"WH-2026-{i:06d}"
+            add_case(s, ref)
+            row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == ref))
+            row.stage, row.attempts, row.next_attempt_at = "received", attempts, later
+            sla.start(s, ref, "refuse.missed-collection", "bromsgrove", "normal", START)
+        s.scalar(select(CaseRow).where(CaseRow.hub_ref == "WH-2026-000003")).stage = "delivered"
+        s.commit()
+        now = START + 3 * H
+        result = sla.sweep(s, now)
+        s.commit()
+        assert result.warnings == 3 and result.brought_forward == 3
+        due = dict(s.execute(select(CaseRow.hub_ref, CaseRow.next_attempt_at)).all())
+        prio = dict(s.execute(select(CaseRow.hub_ref, CaseRow.queue_priority)).all())
+        assert due == {"WH-2026-000001": now, "WH-2026-000002": later, "WH-2026-000003": later}
+        assert set(prio.values()) == {5}
+
+
+@pytest.mark.services
+def test_publish_escalations_to_rabbitmq(sla: SlaEngine, sqlite_store: Engine) -> None:
+    queue = "sla.escalations.refuse"
+    with Connection(AMQP_URL) as conn, Session(sqlite_store) as s:
+        with conn.channel() as channel:
+            channel.queue_delete(queue)
+        add_case(s, REF)
+        sla.start(s, REF, "refuse.missed-collection", "bromsgrove", "normal", START)
+        sla.sweep(s, START + 100 * H)  # both clocks breached
+        s.commit()
+        assert publish_escalations(s, conn, sla.config) == 2
+        s.commit()
+        assert publish_escalations(s, conn, sla.config) == 0  # stamped: not sent twice
+        got = []
+        with conn.channel() as channel:
+            for _ in range(2):
+                message = channel.basic_get(queue, no_ack=True)
+                assert message is not None
+                got.append(message)
+            assert channel.basic_get(queue, no_ack=True) is None
+            channel.queue_delete(queue)
+        bodies = sorted((json.loads(m.body) for m in got), key=lambda b: b["clock"])
+        assert [b["clock"] for b in bodies] == ["acknowledge", "resolve"]
+        assert bodies[0]["hub_ref"] == REF and bodies[0]["hub_team"] == "Hub refuse & recycling team"
+        assert bodies[0]["due_at"] == "2026-03-02T11:00:00+00:00"
+        assert all(m.properties["priority"] == 9 and m.properties["delivery_mode"] == 2 for m in got)
+        assert s.scalar(select(func.count()).select_from(SlaEscalationRow)
+                        .where(SlaEscalationRow.published_at.is_(None))) == 0

@@ -9,8 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import hubbridge.workflows.store  # noqa: F401
-
+import hubbridge.workflows.store
 
 revision = '0002'
 down_revision = '0001'
@@ -83,6 +82,22 @@ def upgrade() -> None:
     with op.batch_alter_table('sla_pauses', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_sla_pauses_clock_id'), ['clock_id'], unique=False)
 
+    op.create_table('sla_escalations',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('sweep_id', sa.BigInteger(), nullable=False),
+    sa.Column('hub_ref', sa.String(length=32), nullable=False),
+    sa.Column('clock', sa.String(length=32), nullable=False),
+    sa.Column('service', sa.String(length=80), nullable=False),
+    sa.Column('authority', sa.String(length=64), nullable=False),
+    sa.Column('escalation', sa.String(length=64), nullable=False),
+    sa.Column('queue', sa.String(length=96), nullable=False),
+    sa.Column('due_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('published_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('sla_escalations', schema=None) as batch_op:
+        batch_op.create_index('ix_sla_escalations_published', ['published_at', 'id'], unique=False)
     # ### end Alembic commands ###
 
 
@@ -91,6 +106,10 @@ def downgrade() -> None:
     with op.batch_alter_table('sla_pauses', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_sla_pauses_clock_id'))
 
+    with op.batch_alter_table('sla_escalations', schema=None) as batch_op:
+        batch_op.drop_index('ix_sla_escalations_published')
+
+    op.drop_table('sla_escalations')
     op.drop_table('sla_pauses')
     op.drop_table('sla_sweeps')
     with op.batch_alter_table('sla_clocks', schema=None) as batch_op:
