@@ -105,11 +105,11 @@ def call(name: str, op: str, fn: Callable[[], T]) -> T:
             raise TransientError(f"{op}: HTTP {status} from back office", instance=name) from None
         if 400 <= status < 500:
             raise PermanentError(f"{op}: HTTP {status} refused", instance=name) from None
-        raise BadResponseError(f"{op}: transport error {exc}", instance=name) from None
+        raise BadResponseError(f"{op}: transport error {str(exc)[:300]}", instance=name) from None
     except (zx.XMLSyntaxError, etree.XMLSyntaxError) as exc:
-        raise BadResponseError(f"{op}: response is not well-formed XML: {exc}", instance=name) from None
+        raise BadResponseError(f"{op}: response is not well-formed XML: {str(exc)[:300]}", instance=name) from None
     except (zx.ValidationError, zx.XMLParseError, zx.LookupError) as exc:
-        raise BadResponseError(f"{op}: response does not match the WSDL: {exc}", instance=name) from None
+        raise BadResponseError(f"{op}: response does not match the WSDL: {str(exc)[:300]}", instance=name) from None
     except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
         raise BadResponseError(f"{op}: response has unexpected content: {type(exc).__name__}: {exc}",
                                instance=name) from None

@@ -143,3 +143,15 @@ class SecurityError(HubbridgeError):
 
 class StoreError(HubbridgeError):
     """The store is missing something the caller relied on."""
+
+
+class DeadLetterNotFound(HubbridgeError):
+    """No dead letter has the id an operator gave."""
+
+
+class DeadLetterClosed(HubbridgeError):
+    """The dead letter was already discarded (or replayed), so it cannot be replayed or discarded now."""
+
+
+class DeadLetterReplayError(HubbridgeError):
+    """Replaying a dead letter failed: its input is still invalid, or there is nothing that can be re-run."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import sys
@@ -46,6 +47,28 @@ SENSITIVE_KEYS = frozenset(
         "iban",
         "body",
         "contact",
+        "forename",
+        "surname",
+        "firstname",
+        "lastname",
+        "given_name",
+        "family_name",
+        "customer_name",
+        "reporter",
+        "caller",
+        "email_address",
+        "phone_number",
+        "telephone_number",
+        "address_text",
+        "street",
+        "house",
+        "house_number",
+        "date_of_birth",
+        "dob",
+        "accountnumber",
+        "sortcode",
+        "callback",
+        "api_key_value",
     }
 )
 
@@ -57,6 +80,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bGB\d{2}[A-Z]{4}\d{14}\b", re.I), "[iban]"),
     (re.compile(r"(?<![\w-])(?:\+44\s?|0)(?:\d[\s-]?){9,10}\b"), "[phone]"),
     (re.compile(r"\b\d{8}\b"), "[account-number]"),
+    # A full postcode (with the inward part) narrows an address to a few houses; districts like B60 stay.
+    (re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2}\b", re.I), "[postcode]"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [secret]"),
 ]
 
@@ -68,22 +93,42 @@ def redact_text(text: str) -> str:
     return text
 
 
-def redact_value(key: str | None, value: Any) -> Any:
-    if key is not None and key.lower() in SENSITIVE_KEYS and value not in (None, "", [], {}):
+def redact_value(key: str | None, value: Any, _depth: int = 0) -> Any:
+    """Redact one logged value: whole values under personal keys, patterns inside text, recursively."""
+    if key is not None and key.lower().replace("-", "_") in SENSITIVE_KEYS and value not in (None, "", [], {}):
         return REDACTED
+    if value is None or isinstance(value, bool | int | float):
+        return value
     if isinstance(value, str):
         return redact_text(value)
+    if _depth > 20:  # a pathological structure is not worth walking: keep nothing of it
+        return REDACTED
+    if isinstance(value, bytes | bytearray):
+        return redact_text(bytes(value).decode("utf-8", "replace"))
     if isinstance(value, Mapping):
-        return {k: redact_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact_value(None, v) for v in value]
-    return value
+        return {k: redact_value(str(k), v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact_value(None, v, _depth + 1) for v in value]
+    # Models and dataclasses would otherwise be rendered by repr(), field values and all.
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            return redact_value(None, dump(mode="json"), _depth + 1)
+        except Exception:  # a model that cannot dump itself is rendered as text below
+            pass
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return redact_value(None, dataclasses.asdict(value), _depth + 1)
+    return redact_text(repr(value))
 
 
 def redact_personal_data(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: nothing personal or secret leaves in a log line."""
     for key in list(event_dict):
-        if key in ("level", "timestamp", "logger", "hub_ref", "correlation_id"):
+        if key in ("level", "timestamp", "logger"):
+            continue
+        if key in ("hub_ref", "correlation_id"):
+            # A real reference survives the text patterns; a phone number sent in the ref field does not.
+            event_dict[key] = redact_value(None, event_dict[key])
             continue
         event_dict[key] = redact_value(None if key in ("event", "exception") else key, event_dict[key])
     return event_dict

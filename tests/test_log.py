@@ -52,3 +52,77 @@ def test_redact_text_patterns(text: str, gone: str) -> None:
 def test_references_survive_redaction() -> None:
     assert redact_text("WH-2026-000123 sent as SR00051688 at UPRN 100120123456") == (
         "WH-2026-000123 sent as SR00051688 at UPRN 100120123456")
+
+
+# -- real log output of a real pipeline run --------------------------------------------------------
+
+PERSONAL = {
+    "name": "Sarah Jane Smithers",
+    "email": "sarah.smithers@example.org",
+    "phone": "07700 900123",
+    "postcode": "WR1 2AB",
+    "ni": "QQ123456C",
+    "sort_code": "12-34-56",
+    "account": "12345678",
+}
+
+
+def test_a_pipeline_run_logs_no_personal_data(json_logs: pytest.CaptureFixture[str], tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from hubbridge.config.loader import load_config
+    from hubbridge.config.settings import Settings, get_settings
+    from hubbridge.connectors.hub import HubSimulator
+    from hubbridge.errors import HubbridgeError
+    from hubbridge.workflows import pipeline
+    from hubbridge.workflows.casegen import generate_cases
+    from hubbridge.workflows.demo import DEMO_SECRETS, _credential_names, demo_environment, simulator_for
+    from hubbridge.workflows.store import migrate
+    from tests.workflows.stack import write_config
+
+    hub = HubSimulator(token=DEMO_SECRETS["HUBBRIDGE_HUB_TOKEN"]).start()
+    bartec = simulator_for("bartec", 0).start()
+    try:
+        cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
+        for k, v in demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg)))).items():
+            monkeypatch.setenv(k, v)
+        url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+        migrate(url)
+        monkeypatch.setenv("HUBBRIDGE_CONFIG_DIR", str(cfg))
+        monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", url)
+        get_settings.cache_clear()
+        rt = pipeline.Runtime()
+        cases = [c for c in generate_cases(30, seed=21, start_serial=990_001)
+                 if c["service"] == "refuse.missed-collection"][:2]
+        for case in cases:
+            case["customer"].update(name=PERSONAL["name"], email=PERSONAL["email"], phone=PERSONAL["phone"])
+            case["customer"]["address"]["postcode"] = PERSONAL["postcode"]
+            case["description"] = (f"Bin missed again. Ring {PERSONAL['phone']} or {PERSONAL['email']}; "
+                                   f"NI {PERSONAL['ni']}, refund to {PERSONAL['sort_code']} {PERSONAL['account']}")
+        good, refused = cases
+        bad_uprn = sorted(bartec.unknown_uprns)[0]
+        refused["location"]["uprn"] = bad_uprn
+        refused["customer"]["address"]["uprn"] = bad_uprn
+        for case in cases:
+            pipeline.accept_case(rt, json.dumps(case))
+        bartec.faults.next("error500")
+        assert pipeline.deliver_case(rt, good["ref"]).kind == "retry"  # a failing delivery, logged
+        assert pipeline.deliver_case(rt, refused["ref"]).kind == "dead"
+        # a Hub that sent personal data in the wrong fields: rejected, logged, kept
+        with pytest.raises(HubbridgeError):
+            pipeline.accept_case(rt, json.dumps({**good, "ref": PERSONAL["email"], "channel": PERSONAL["phone"]}))
+        with pytest.raises(HubbridgeError):
+            pipeline.accept_case(rt, json.dumps(good)[:-40])
+        structlog.get_logger("test").info("case dump", case=good, update=pipeline.Outcome("done", PERSONAL["email"]))
+        rt.close()
+    finally:
+        hub.stop()
+        bartec.stop()
+    captured = json_logs.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("{")]
+    records = [json.loads(ln) for ln in lines]
+    events = {r["event"] for r in records}
+    assert {"case.accepted", "deliver.retry", "dead_lettered", "case dump"} <= events, events
+    assert any(r.get("hub_ref") == good["ref"] for r in records), "the correlation id must survive"
+    everything = captured.err + captured.out
+    for kind, value in PERSONAL.items():
+        assert value not in everything, f"{kind} leaked into the logs"
+    assert "Sarah" not in everything and "Smithers" not in everything

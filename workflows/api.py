@@ -1,7 +1,9 @@
 """The intake API: the Hub CRM posts cases here; operators read case status and metrics.
 
 Intake is signed with HMAC (X-Hubbridge-Timestamp / X-Hubbridge-Signature) using the secret in the
-environment variable named by settings.intake_secret_env; status endpoints need the API token.
+environment variable named by settings.intake_secret_env; back offices push updates to
+POST /webhooks/{connector}, signed the same way with the instance's `webhook_secret_env`; status
+endpoints need the API token.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import structlog
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from sqlalchemy.exc import IntegrityError
 
-from hubbridge.errors import CaseValidationError, SecurityError
+from hubbridge.connectors.base import connector_class
+from hubbridge.errors import CaseValidationError, ConnectorError, SecurityError
 from hubbridge.workflows import pipeline
 
 log = structlog.get_logger(__name__)
 
 INTAKE = Counter("hubbridge_intake_total", "Hub cases posted to the intake API", ["outcome"])
+WEBHOOKS = Counter("hubbridge_webhooks_total", "Back-office updates pushed to POST /webhooks", ["outcome"])
 
 
 def create_app(rt: pipeline.Runtime | None = None, *, enqueue: bool = True) -> FastAPI:
@@ -105,6 +110,55 @@ def create_app(rt: pipeline.Runtime | None = None, *, enqueue: bool = True) -> F
             raise HTTPException(404, f"no case {ref}")
         return trail
 
+    @api.post("/webhooks/{connector}")
+    async def webhook(connector: str, request: Request) -> JSONResponse:
+        """A back office pushes its updates here, signed like intake with the instance's own webhook secret."""
+        rt = runtime()
+        instance = rt.config.connectors.get(connector)
+        if instance is None:
+            WEBHOOKS.labels("unknown").inc()
+            raise HTTPException(404, f"no connector instance {connector!r}")
+        parse = getattr(connector_class(instance.plugin), "parse_webhook", None)
+        if instance.webhook_secret_env is None or parse is None:
+            WEBHOOKS.labels("unknown").inc()
+            why = "set its webhook_secret_env in connectors.yaml" if parse else f"the {instance.plugin} plugin has none"
+            raise HTTPException(404, f"connector {connector!r} does not take pushed updates ({why})")
+        body = await read_body(request)
+        secret = os.environ.get(instance.webhook_secret_env)
+        if not secret:
+            WEBHOOKS.labels("refused").inc()
+            env = instance.webhook_secret_env
+            raise HTTPException(503, f"webhooks for {connector} are disabled until {env} is set")
+        try:
+            updates = parse(request.headers, body, secret)
+        except SecurityError as exc:
+            WEBHOOKS.labels("unsigned").inc()
+            log.warning("webhook.refused", connector=connector, reason=str(exc))
+            raise HTTPException(401, str(exc)) from None
+        except ConnectorError as exc:
+            WEBHOOKS.labels("invalid").inc()
+            raise HTTPException(422, str(exc)) from None
+        touched: set[str] = set()
+        for upd in updates:
+            try:
+                ref = pipeline.take_update(rt, connector, upd)
+            except IntegrityError:  # the poller (or a concurrent delivery of this webhook) took it first
+                continue
+            if ref:
+                touched.add(ref)
+        touched.update(pipeline.raise_pending(rt, connector))
+        if enqueue and touched:
+            from hubbridge.workflows.tasks import enqueue_push
+
+            for ref in sorted(touched):
+                try:
+                    enqueue_push(ref)
+                except Exception as exc:  # the outbox row is stored; reconcile will push it
+                    log.warning("webhook.enqueue_failed", hub_ref=ref, error=str(exc)[:200])
+        WEBHOOKS.labels("accepted").inc()
+        log.info("webhook.taken", connector=connector, updates=len(updates), hub_updates=len(touched))
+        return JSONResponse(status_code=200, content={"received": len(updates), "cases": sorted(touched)})
+
     @api.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -113,4 +167,7 @@ def create_app(rt: pipeline.Runtime | None = None, *, enqueue: bool = True) -> F
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
+    from hubbridge.workflows.console.routes import console_router  # the console pages and /track
+
+    api.include_router(console_router(runtime))
     return api

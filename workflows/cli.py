@@ -242,18 +242,13 @@ def main() -> None:
 
 
 def _mount() -> None:
-    try:
-        from hubbridge.mappings.cli import mappings_app
-    except ImportError:  # pragma: no cover - only while the package is half installed
-        mappings_app = None
-    if mappings_app is not None:
-        app.add_typer(mappings_app, name="mappings", help="Validate, dry-run and describe YAML mappings.")
-    try:
-        from hubbridge.sla.cli import sla_app
-    except ImportError:  # pragma: no cover
-        sla_app = None
-    if sla_app is not None:
-        app.add_typer(sla_app, name="sla", help="SLA report, a case's clocks, due times.")
+    from hubbridge.mappings.cli import mappings_app
+    from hubbridge.sla.cli import sla_app
+    from hubbridge.workflows.dlq_cli import dlq_app
+
+    app.add_typer(mappings_app, name="mappings", help="Validate, dry-run and describe YAML mappings.")
+    app.add_typer(sla_app, name="sla", help="SLA report, a case's clocks, due times.")
+    app.add_typer(dlq_app, name="dlq", help="List, show, replay and discard dead letters.")
 
 
 _mount()

@@ -7,6 +7,7 @@ a redelivered message runs it again and the store decides whether anything is le
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hubbridge.case import CaseUpdate, HubCase, HubStatus
+from hubbridge.case import CaseUpdate, Channel, Customer, HubCase, HubStatus, Location
 from hubbridge.config.loader import Config, load_config
 from hubbridge.config.settings import Settings, get_settings
 from hubbridge.connectors.base import BackOfficeUpdate, Connector, Delivery, connector_class
@@ -40,6 +41,7 @@ from hubbridge.workflows.store import (
     DeadLetterRow,
     HubUpdateRow,
     LinkRow,
+    RaisedCaseRow,
     SeenUpdateRow,
     SyncCursorRow,
     record_event,
@@ -51,6 +53,12 @@ log = structlog.get_logger(__name__)
 
 # How a Hub status may move: an update from the back office never takes a case backwards.
 STATUS_RANK = {s: i for i, s in enumerate(HubStatus)}
+
+THROTTLE_WAIT_SECONDS = 1.0
+"""A worker sleeps this long at most for a rate-limit permit; a longer wait goes back to the queue."""
+
+RAISE_BATCH = 20
+"""Back-office-raised jobs sent to the Hub per poll of their connector instance."""
 
 
 @dataclass
@@ -146,20 +154,26 @@ def dead_letter(
         raw = payload.decode("utf-8", "replace")
     else:
         raw = payload if isinstance(payload, str) else json.dumps(payload, default=str, sort_keys=True)
+    # PostgreSQL text cannot hold NUL: a hostile body must not make its own dead letter fail to save
+    hub_ref, service, authority = (_no_nul(v) for v in (hub_ref, service, authority))
     row = DeadLetterRow(
         hub_ref=hub_ref,
         stage=stage,
         reason=reason,
-        detail=detail[:4000],
-        payload=raw,
+        detail=_no_nul(detail[:4000]),
+        payload=_no_nul(raw),
         service=service,
         authority=authority,
         connector=connector,
     )
     session.add(row)
-    record_event(session, hub_ref, "dead_lettered", stage=stage, reason=reason, detail=detail[:500])
+    record_event(session, hub_ref, "dead_lettered", stage=stage, reason=reason, detail=row.detail[:500])
     log.warning("dead_lettered", stage=stage, reason=reason, detail=detail[:300], hub_ref=hub_ref)
     return row
+
+
+def _no_nul(text: str | None) -> str | None:
+    return text.replace("\x00", "\ufffd") if text else text
 
 
 def _field_errors(exc: ValidationError) -> dict[str, str]:
@@ -187,6 +201,13 @@ def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str 
         route = rt.config.route(case.authority, case.service)
     except json.JSONDecodeError as exc:
         err = CaseValidationError({"(body)": f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"})
+        _keep_rejected(rt, err, text, None, reason="invalid_json", channel=channel)
+        raise err from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        # json.loads raises these (not JSONDecodeError) for bytes that are not UTF-8 and for absurd nesting
+        problem = (f"not UTF-8 text: {exc.reason} at byte {exc.start}" if isinstance(exc, UnicodeDecodeError)
+                   else "not valid JSON: nested too deeply")
+        err = CaseValidationError({"(body)": problem})
         _keep_rejected(rt, err, text, None, reason="invalid_json", channel=channel)
         raise err from None
     except ValidationError as exc:
@@ -235,7 +256,8 @@ def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str 
             mapping=str(route.mapping_path.name),
             sla_policy=route.sla_policy,
         )
-        rt.sla.start(s, case.ref, case.service, case.authority, case.priority.value, now)
+        rt.sla.start(s, case.ref, case.service, case.authority, case.priority.value, now,
+                     policy=route.sla_policy, escalation=route.escalation)
         try:
             s.flush()
         except IntegrityError:
@@ -304,6 +326,7 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
         return _give_up(rt, case, "translate", "mapping_invalid", str(exc))
 
     breaker = retry.CircuitBreaker(rt.url, route.connector)
+    throttle = retry.Throttle(rt.url, route.connector)
     try:
         breaker.before_call()
         delivery = Delivery(
@@ -314,10 +337,14 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
             mapping_version=mapping.version,
         )
         result = None
-        if unknown or attempts > 0:
-            result = conn.find(case.ref)  # an earlier attempt may have landed: never create twice
-        if result is None:
-            result = conn.create(delivery)
+        with throttle.slot():
+            if unknown or attempts > 0:
+                throttle.pace(THROTTLE_WAIT_SECONDS)
+                result = conn.find(case.ref)  # an earlier attempt may have landed: never create twice
+            if result is None:
+                # a refusal here leaves nothing half done: find said there is no job yet
+                throttle.pace(THROTTLE_WAIT_SECONDS)
+                result = conn.create(delivery)
         breaker.success()
     except BackOfficeUnavailable as exc:
         return _retry_later(rt, case, exc, route.connector, count_attempt=False)
@@ -533,13 +560,19 @@ def push_hub(rt: Runtime, hub_ref: str) -> Outcome:
             continue
         with session_scope(rt.url) as s:
             s.execute(update(HubUpdateRow).where(HubUpdateRow.id == row.id).values(pushed_at=utcnow(), last_error=None))
-            if upd.backoffice_ref and upd.status == HubStatus.DELIVERED:
-                s.execute(
+            # Any update carrying the back-office ref acknowledges it, not only DELIVERED: when a worker dies
+            # between the back office taking a case and our link commit, the sync mends the link and the
+            # first update the Hub gets is the back office's own (acknowledged, in progress...).
+            if upd.backoffice_ref:
+                acked = s.execute(
                     update(CaseRow)
                     .where(CaseRow.hub_ref == hub_ref, CaseRow.stage == "delivered")
                     .values(stage="acknowledged")
-                )
-                record_event(s, hub_ref, "hub.acknowledged", sequence=upd.sequence, backoffice_ref=upd.backoffice_ref)
+                ).rowcount
+                if acked:
+                    record_event(
+                        s, hub_ref, "hub.acknowledged", sequence=upd.sequence, backoffice_ref=upd.backoffice_ref
+                    )
         sent += 1
     return Outcome("done", f"{sent} sent")
 
@@ -553,8 +586,11 @@ def poll_connector(rt: Runtime, name: str) -> Outcome:
     with session_scope(rt.url) as s:
         cur = s.get(SyncCursorRow, name)
         cursor = cur.cursor if cur else None
+    throttle = retry.Throttle(rt.url, rt.config.connectors[name])
     try:
-        page = conn.updates_since(cursor, rt.settings.sync_page_size)
+        with throttle.slot():
+            throttle.pace(THROTTLE_WAIT_SECONDS)
+            page = conn.updates_since(cursor, rt.settings.sync_page_size)
     except TransientError as exc:
         _release_lease(rt, name)
         log.warning("sync.retry", connector=name, error=str(exc)[:200])
@@ -566,20 +602,28 @@ def poll_connector(rt: Runtime, name: str) -> Outcome:
         return Outcome("dead", str(exc))
 
     touched: list[str] = []
-    with session_scope(rt.url) as s:
-        for upd in page.updates:
-            ref = _take_update(rt, s, conn, upd)
-            if ref:
-                touched.append(ref)
-        cur = s.get(SyncCursorRow, name)
-        if cur is None:
-            cur = SyncCursorRow(connector=name)
-            s.add(cur)
-        cur.cursor = page.cursor
-        cur.polled_at = utcnow()
-        cur.lease_until = None
+    try:
+        with session_scope(rt.url) as s:
+            for upd in page.updates:
+                ref = _take_update(rt, s, conn, upd)
+                if ref:
+                    touched.append(ref)
+            cur = s.get(SyncCursorRow, name)
+            if cur is None:
+                cur = SyncCursorRow(connector=name)
+                s.add(cur)
+            cur.cursor = page.cursor
+            cur.polled_at = utcnow()
+            cur.lease_until = None
+    except IntegrityError as exc:
+        # a second poller took the same page first (a redelivered poll): nothing was applied twice
+        _release_lease(rt, name)
+        log.warning("sync.concurrent", connector=name, error=str(exc.orig)[:200])
+        return Outcome("retry", "another poller took this page")
     if page.updates:
         log.info("sync.page", connector=name, updates=len(page.updates), more=page.has_more)
+    # the page is committed (with any newly raised jobs in the outbox): now send those to the Hub
+    touched.extend(raise_pending(rt, name))
     return Outcome("done", f"{len(page.updates)} updates", push=sorted(set(touched)), more=page.has_more)
 
 
@@ -604,7 +648,17 @@ def _take_update(rt: Runtime, s: Session, conn: Connector, upd: BackOfficeUpdate
             s.add(LinkRow(hub_ref=hub_ref, connector=conn.name, backoffice_ref=upd.backoffice_ref))
     s.add(SeenUpdateRow(connector=conn.name, update_id=upd.update_id, hub_ref=hub_ref))
     if hub_ref is None:
-        return _raised_in_back_office(rt, s, conn, upd)
+        hub_ref = _raised_in_back_office(rt, s, conn, upd)
+        if hub_ref is None:
+            return None
+    return _apply_update(rt, s, conn, hub_ref, upd)
+
+
+_OUR_STATUSES = frozenset({HubStatus.RECEIVED.value, HubStatus.ROUTED.value, HubStatus.DELIVERED.value})
+
+
+def _apply_update(rt: Runtime, s: Session, conn: Connector, hub_ref: str, upd: BackOfficeUpdate) -> str | None:
+    """Translate one update of a linked job and queue it for the Hub after the case's earlier ones."""
     row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref))
     if row is None:
         return None
@@ -633,7 +687,10 @@ def _take_update(rt: Runtime, s: Session, conn: Connector, upd: BackOfficeUpdate
     )
     if tr.status is None and not tr.note:
         return None
-    if row.status_at and upd.occurred_at < row.status_at and tr.status is not None:
+    # Only a back office's own earlier news is stale. Our statuses (routed, delivered) carry our clock, and a
+    # job can live through several of its steps before a slow or retried delivery records `delivered`.
+    if (row.status_at and row.status not in _OUR_STATUSES and upd.occurred_at < row.status_at
+            and tr.status is not None):
         record_event(s, hub_ref, "backoffice.update.stale", update_id=upd.update_id)
         return None
     status = tr.status or HubStatus(row.status)
@@ -653,18 +710,395 @@ def _take_update(rt: Runtime, s: Session, conn: Connector, upd: BackOfficeUpdate
     return hub_ref
 
 
+# -- jobs raised in a back office ------------------------------------------------------------------
+#
+# A resident phoned the service area, so the back office has a job the Hub never sent. Its first
+# update writes a row in the `raised_cases` outbox, in the same transaction as the update (and the
+# sync cursor); later updates of the job queue on that row, in order. `raise_pending` then asks the
+# Hub for a case, keyed on (connector instance, back-office ref) so that a retry or a second worker
+# gets the same Hub case back, and in one transaction writes the case, its link and the queued
+# updates into the Hub outbox. Connectors may offer `raised_details(update) -> dict` (partial Hub
+# case fields: authority, customer, location, description, attributes) when their update feed does
+# not carry the job's details; otherwise what the update's `raw` holds is used.
+
+
 def _raised_in_back_office(rt: Runtime, s: Session, conn: Connector, upd: BackOfficeUpdate) -> str | None:
-    """A job nobody sent from the Hub (a resident phoned the service area): it is recorded for the Hub."""
-    record_event(
-        s,
-        None,
-        "backoffice.unlinked",
-        connector=conn.name,
-        backoffice_ref=upd.backoffice_ref,
-        update_id=upd.update_id,
-        service_code=upd.service_code,
-    )
+    """Keep an update of a job the Hub never sent; returns its Hub ref if the job is already a Hub case."""
+    if upd.hub_ref:
+        # it names a Hub case we never had (another system's, or typed by hand): not ours to raise again
+        record_event(
+            s,
+            None,
+            "backoffice.unlinked",
+            connector=conn.name,
+            backoffice_ref=upd.backoffice_ref,
+            update_id=upd.update_id,
+            names_hub_ref=upd.hub_ref,
+        )
+        return None
+    now = utcnow()
+    key = (RaisedCaseRow.connector == conn.name) & (RaisedCaseRow.backoffice_ref == upd.backoffice_ref)
+    # An UPDATE first: it takes the row's lock (PostgreSQL) or the write lock (SQLite), so a raiser
+    # finishing the row at the same moment cannot miss the update appended here.
+    touched = s.execute(
+        update(RaisedCaseRow).where(key).values(seen_at=now).execution_options(synchronize_session=False)
+    ).rowcount
+    if not touched:
+        s.add(
+            RaisedCaseRow(
+                connector=conn.name,
+                backoffice_ref=upd.backoffice_ref,
+                state="pending",
+                service_code=upd.service_code,
+                updates=[_dump_update(upd)],
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                seen_at=now,
+            )
+        )
+        record_event(
+            s,
+            None,
+            "backoffice.raised",
+            connector=conn.name,
+            backoffice_ref=upd.backoffice_ref,
+            update_id=upd.update_id,
+            service_code=upd.service_code,
+        )
+        return None
+    raised = s.scalar(select(RaisedCaseRow).where(key).execution_options(populate_existing=True))
+    assert raised is not None
+    if raised.state == "raised" and raised.hub_ref:
+        return raised.hub_ref  # raised (and linked) since this poll began
+    raised.updates = [*raised.updates, _dump_update(upd)]
+    raised.service_code = raised.service_code or upd.service_code
     return None
+
+
+def raise_pending(rt: Runtime, name: str, now: datetime | None = None, limit: int = RAISE_BATCH) -> list[str]:
+    """Send the due back-office-raised jobs of one connector instance to the Hub; returns the new Hub refs."""
+    now = now or utcnow()
+    with session_scope(rt.url) as s:
+        ids = s.scalars(
+            select(RaisedCaseRow.id)
+            .where(
+                RaisedCaseRow.connector == name,
+                RaisedCaseRow.state == "pending",
+                RaisedCaseRow.next_attempt_at <= now,
+            )
+            .order_by(RaisedCaseRow.id)
+            .limit(limit)
+        ).all()
+    refs: list[str] = []
+    for rid in ids:
+        out = raise_case(rt, rid, now)
+        refs.extend(out.push)
+        if out.kind == "retry":
+            break  # the Hub is not answering: the others wait for the next poll too
+    return refs
+
+
+def raise_case(rt: Runtime, raised_id: int, now: datetime | None = None) -> Outcome:
+    """Make one back-office-raised job a Hub case, exactly once, and queue its updates for it in order."""
+    now = now or utcnow()
+    with session_scope(rt.url) as s:
+        claimed = s.execute(
+            update(RaisedCaseRow)
+            .where(
+                RaisedCaseRow.id == raised_id,
+                RaisedCaseRow.state == "pending",
+                RaisedCaseRow.next_attempt_at <= now,
+            )
+            # a second raiser backs off while this one talks to the Hub (the Hub is idempotent anyway)
+            .values(next_attempt_at=now + timedelta(seconds=_hub_call_seconds(rt)))
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not claimed:
+            return Outcome("skipped", "raised by another worker or not due")
+        raised = s.get(RaisedCaseRow, raised_id)
+        assert raised is not None
+        name, bo_ref, attempts = raised.connector, raised.backoffice_ref, raised.attempts
+        first = _load_update(raised.updates[0]) if raised.updates else None
+        service_code = raised.service_code
+    if first is None:
+        return _raise_failed(rt, raised_id, "no_update", "the outbox row holds no back-office update", bo_ref, name)
+    conn = rt.connector(name)
+    bound = log.bind(connector=name, backoffice_ref=bo_ref)
+    try:
+        route, case = _raised_case(rt, conn, first, service_code)
+        hub_ref = rt.hub.create_case(case, bo_ref, name)
+    except TransientError as exc:
+        delay = retry.backoff(retry.HUB_RETRY, attempts + 1, exc.retry_after)
+        with session_scope(rt.url) as s:
+            s.execute(
+                update(RaisedCaseRow)
+                .where(RaisedCaseRow.id == raised_id, RaisedCaseRow.state == "pending")
+                .values(
+                    attempts=RaisedCaseRow.attempts + 1,
+                    last_error=str(exc)[:2000],
+                    next_attempt_at=utcnow() + timedelta(seconds=delay),
+                )
+                .execution_options(synchronize_session=False)
+            )
+        bound.warning("raise.retry", error=str(exc)[:200], in_seconds=round(delay, 1))
+        return Outcome("retry", str(exc), retry_in=delay)
+    except (RoutingError, MappingError) as exc:
+        return _raise_failed(rt, raised_id, "unroutable", str(exc), bo_ref, name)
+    except ConnectorError as exc:
+        return _raise_failed(rt, raised_id, "hub_refused", str(exc), bo_ref, name)
+    except HubbridgeError as exc:  # a mapping file that never loaded
+        return _raise_failed(rt, raised_id, "mapping_invalid", str(exc), bo_ref, name)
+
+    with session_scope(rt.url) as s:
+        # the write first, again, so an update appended by a concurrent poll is either in the list read
+        # below or arrives after the link exists
+        done = s.execute(
+            update(RaisedCaseRow)
+            .where(RaisedCaseRow.id == raised_id, RaisedCaseRow.state == "pending")
+            .values(state="raised", hub_ref=hub_ref, raised_at=utcnow(), next_attempt_at=None, last_error=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not done:
+            return Outcome("skipped", "raised concurrently")
+        raised = s.scalar(
+            select(RaisedCaseRow).where(RaisedCaseRow.id == raised_id).execution_options(populate_existing=True)
+        )
+        assert raised is not None
+        if s.scalar(select(CaseRow.id).where(CaseRow.hub_ref == hub_ref)) is not None:
+            # the Hub answered with a ref we already hold for another case: never merge two cases
+            s.rollback()
+            return _raise_failed(
+                rt, raised_id, "hub_ref_clash", f"the Hub gave {hub_ref}, a ref already in the store", bo_ref, name
+            )
+        pending = [_load_update(d) for d in raised.updates]
+        created = case.created_at
+        s.add(
+            CaseRow(
+                hub_ref=hub_ref,
+                authority=case.authority,
+                service=case.service,
+                priority=case.priority.value,
+                origin="backoffice",
+                # the back office has had the job since it was raised; its updates take it on from there
+                status=HubStatus.DELIVERED.value,
+                status_at=created,
+                stage="acknowledged",
+                payload=case.model_copy(update={"ref": hub_ref}).dump(),
+                connector=name,
+                received_at=now,
+                updated_at=now,
+            )
+        )
+        s.flush()
+        s.add(LinkRow(hub_ref=hub_ref, connector=name, backoffice_ref=bo_ref, created_at=now))
+        record_event(s, hub_ref, "raised_on_hub", connector=name, backoffice_ref=bo_ref, updates=len(pending))
+        rt.sla.start(
+            s,
+            hub_ref,
+            case.service,
+            case.authority,
+            case.priority.value,
+            created,
+            policy=route.sla_policy,
+            escalation=route.escalation,
+        )
+        raised.updates = []
+        for upd in pending:
+            _apply_update(rt, s, conn, hub_ref, upd)
+            s.execute(
+                update(SeenUpdateRow)
+                .where(SeenUpdateRow.connector == name, SeenUpdateRow.update_id == upd.update_id)
+                .values(hub_ref=hub_ref)
+                .execution_options(synchronize_session=False)
+            )
+    bound.info("case.raised_on_hub", hub_ref=hub_ref, updates=len(pending))
+    return Outcome("done", hub_ref, push=[hub_ref])
+
+
+def _hub_call_seconds(rt: Runtime) -> float:
+    t = rt.config.hub.timeouts
+    return 2 * (t.connect + t.read) + 30.0
+
+
+def _raise_failed(rt: Runtime, raised_id: int, reason: str, detail: str, bo_ref: str, name: str) -> Outcome:
+    with session_scope(rt.url) as s:
+        raised = s.get(RaisedCaseRow, raised_id)
+        assert raised is not None
+        raised.state = "dead"
+        raised.next_attempt_at = None
+        raised.last_error = detail[:2000]
+        dead_letter(
+            s,
+            stage="raise",
+            reason=reason,
+            detail=detail,
+            payload={"connector": name, "backoffice_ref": bo_ref, "updates": raised.updates},
+            connector=name,
+        )
+    return Outcome("dead", detail)
+
+
+def _raised_case(
+    rt: Runtime, conn: Connector, first: BackOfficeUpdate, service_code: str | None
+) -> tuple[Any, HubCase]:
+    """The Hub case for a job raised in `conn`'s back office, and the route its service takes there."""
+    details_of = getattr(conn, "raised_details", None)
+    details: dict[str, Any] = dict(details_of(first) or {}) if callable(details_of) else {}
+    found = _details_from_raw(first.raw)
+    route = _raised_route(rt, conn, service_code, details.get("authority"), first.backoffice_ref)
+    # the Hub needs a name to file the case under; the back office may not have passed one on
+    fallback = {"name": f"Caller to {conn.name} (no name passed on)"}
+    customer = (
+        _valid(Customer, details.get("customer"), fallback)
+        or _valid(Customer, found["customer"], fallback)
+        or Customer(**fallback)
+    )
+    location = _valid(Location, details.get("location")) or _valid(Location, found["location"]) or Location()
+    what = details.get("description") or found["description"] or first.note or "no description passed on"
+    attributes = {
+        **{k: v for k, v in (details.get("attributes") or {}).items() if isinstance(v, str | int | float | bool)},
+        "raised_in": conn.name,
+        "backoffice_ref": first.backoffice_ref,
+        "backoffice_service_code": service_code,
+    }
+    case = HubCase(
+        ref=f"{rt.config.hub.ref_prefix}-{first.occurred_at.year:04d}-000000",  # the Hub gives the real one
+        authority=route.authority,
+        service=route.service,
+        channel=Channel.BACK_OFFICE,
+        customer=customer,
+        location=location,
+        description=f"{what} (raised in {conn.name} as {first.backoffice_ref})"[:4000],
+        attributes=attributes,
+        created_at=first.occurred_at,
+    )
+    return route, case
+
+
+def _raised_route(rt: Runtime, conn: Connector, service_code: str | None, authority: str | None, bo_ref: str) -> Any:
+    """The one route of `conn` whose mapping covers the job's back-office service code (and authority, if known)."""
+    candidates = []
+    for route in rt.config.routes_for_connector(conn.name):
+        mapping = rt.mappings.get(route.mapping_path, conn.target_fields())
+        if service_code is not None and service_code in mapping.service_codes:
+            candidates.append(route)
+    if not candidates:
+        raise RoutingError(
+            f"job {bo_ref} raised in {conn.name} has back-office service code {service_code!r}, "
+            "which no mapping routed to this instance covers",
+            where=str(rt.config.config_dir / "routes.yaml"),
+            hint="add the code to inbound.service_codes of the service's mapping, then replay the dead letter",
+        )
+    if authority:
+        candidates = [r for r in candidates if r.authority == authority]
+    if len(candidates) != 1:
+        pairs = ", ".join(sorted(f"{r.authority}/{r.service}" for r in candidates)) or "none"
+        raise RoutingError(
+            f"job {bo_ref} raised in {conn.name} (code {service_code}) cannot be told apart between: {pairs}",
+            where=conn.name,
+            hint="the connector should give the job's authority through raised_details(); then replay",
+        )
+    return candidates[0]
+
+
+_KEY_CHARS = re.compile(r"[^a-z]")
+_NAME_KEYS = ("customername", "reportername", "callername", "contactname", "customerfullname")
+_FIRST_KEYS = ("firstname", "forename")
+_LAST_KEYS = ("lastname", "surname")
+
+
+def _details_from_raw(raw: Any) -> dict[str, Any]:
+    """Customer, location and description found in an update's raw record, by the usual field names."""
+    flat: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str, depth: int) -> None:
+        if depth > 4:
+            return
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                key = _KEY_CHARS.sub("", str(k).lower())
+                if isinstance(v, dict | list):
+                    walk(v, prefix + key, depth + 1)
+                elif v not in (None, ""):
+                    flat.setdefault(prefix + key, v)
+                    flat.setdefault(key, v)
+        elif isinstance(obj, list):
+            for item in obj[:20]:
+                walk(item, prefix, depth + 1)
+
+    walk(raw, "", 0)
+
+    def first(*keys: str) -> Any:
+        return next((flat[k] for k in keys if k in flat), None)
+
+    name = first(*_NAME_KEYS)
+    if name is None:
+        parts = [first(*_FIRST_KEYS), first(*_LAST_KEYS)]
+        name = " ".join(str(p) for p in parts if p) or None
+    customer: dict[str, Any] = {
+        "name": str(name) if name else None,
+        "phone": first("phone", "telephone", "customerphone"),
+        "email": first("email", "customeremail", "emailaddress"),
+    }
+    location: dict[str, Any] = {
+        "uprn": first("uprn"),
+        "usrn": first("usrn"),
+        "lat": first("lat", "latitude"),
+        "lon": first("long", "lon", "longitude"),
+        "description": first("addressstring", "addresstext", "sitedescription", "locationdescription"),
+    }
+    return {
+        "customer": {k: (str(v) if k != "name" else v) for k, v in customer.items() if v is not None},
+        "location": {k: str(v) for k, v in location.items() if v is not None},
+        "description": first("description", "notes", "details"),
+    }
+
+
+def _valid(model: Any, data: Any, defaults: dict[str, Any] | None = None) -> Any:
+    """`model` from `data` over `defaults`, dropping fields that fail; None if nothing of `data` is left."""
+    if not isinstance(data, dict) or not data:
+        return None
+    merged = {**(defaults or {}), **data}
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        bad = {str(e["loc"][0]) for e in exc.errors(include_url=False) if e["loc"]}
+    kept = {k: v for k, v in data.items() if k not in bad}
+    if not kept:
+        return None
+    try:
+        return model.model_validate({**(defaults or {}), **kept})
+    except ValidationError:
+        return None
+
+
+def _dump_update(upd: BackOfficeUpdate) -> dict[str, Any]:
+    data = {
+        "backoffice_ref": upd.backoffice_ref,
+        "update_id": upd.update_id,
+        "occurred_at": upd.occurred_at.isoformat(),
+        "status_code": upd.status_code,
+        "note": upd.note,
+        "hub_ref": upd.hub_ref,
+        "service_code": upd.service_code,
+        "raw": upd.raw,
+    }
+    result: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return result
+
+
+def _load_update(data: dict[str, Any]) -> BackOfficeUpdate:
+    return BackOfficeUpdate(
+        backoffice_ref=data["backoffice_ref"],
+        update_id=data["update_id"],
+        occurred_at=datetime.fromisoformat(data["occurred_at"]),
+        status_code=data.get("status_code"),
+        note=data.get("note"),
+        hub_ref=data.get("hub_ref"),
+        service_code=data.get("service_code"),
+        raw=data.get("raw") or {},
+    )
 
 
 # -- beat: reconcile ------------------------------------------------------------------------------
@@ -737,3 +1171,16 @@ def due_polls(rt: Runtime, now: datetime | None = None) -> list[str]:
             cur.lease_until = now + timedelta(seconds=max(60.0, inst.timeouts.read * 2))
             due.append(name)
     return due
+
+
+# -- pushed updates (webhooks) --------------------------------------------------------------------
+
+
+def take_update(rt: Runtime, connector_name: str, update: BackOfficeUpdate) -> str | None:
+    """Take one pushed back-office update through the same once-only, ordered path as polled ones.
+
+    Returns the Hub ref whose outbox grew, if any; raises IntegrityError if a poller took it meanwhile.
+    """
+    conn = rt.connector(connector_name)
+    with session_scope(rt.url) as s:
+        return _take_update(rt, s, conn, update)

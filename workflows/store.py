@@ -18,6 +18,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -57,7 +58,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON}
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[dict[str, Any]]: JSON}
 
 
 ID = BigInteger().with_variant(Integer, "sqlite")
@@ -205,6 +206,59 @@ class ConnectorHealthRow(Base):
     last_success_at: Mapped[datetime | None] = mapped_column()
     last_failure_at: Mapped[datetime | None] = mapped_column()
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class RaisedCaseRow(Base):
+    """Outbox of jobs raised directly in a back office, each to become one Hub case.
+
+    (connector, backoffice_ref) is the idempotency key, on our side (unique) and the Hub's; the row is
+    written in the same transaction as the back-office update that revealed the job, and the job's
+    updates wait in `updates` (in order) until the Hub has given the case its reference.
+    """
+
+    __tablename__ = "raised_cases"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    connector: Mapped[str] = mapped_column(String(64))
+    backoffice_ref: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(12), default="pending")  # pending | raised | dead
+    hub_ref: Mapped[str | None] = mapped_column(String(32))
+    service_code: Mapped[str | None] = mapped_column(String(100))
+    updates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # waiting for the Hub ref
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    raised_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        UniqueConstraint("connector", "backoffice_ref", name="uq_raised_cases_backoffice"),
+        Index("ix_raised_cases_due", "connector", "state", "next_attempt_at"),
+    )
+
+
+class ThrottleRow(Base):
+    """A connector instance's request-rate state (GCRA), shared by every worker process.
+
+    `tat` is the theoretical arrival time, in Unix seconds, of the next request allowed.
+    """
+
+    __tablename__ = "connector_throttle"
+
+    connector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ThrottleSlotRow(Base):
+    """One of a connector instance's concurrent-call slots; a lease so a killed worker's slot comes back."""
+
+    __tablename__ = "connector_slots"
+
+    connector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[float | None] = mapped_column(Float)  # Unix seconds
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -86,3 +86,15 @@ def poll_due() -> list[str]:
     for name in names:
         poll_connector.apply_async(args=[name])
     return names
+
+
+@app.task(name="hubbridge.drain_dead")
+def drain_dead(limit: int = 500) -> int:
+    """Move messages RabbitMQ dead-lettered (past a quorum queue's delivery limit) into the dead-letter store."""
+    from hubbridge.workflows.deadletters import drain_broker_dead
+
+    rt = pipeline.runtime()
+    broker = rt.settings.resolved_broker_url
+    if not broker.startswith("amqp"):
+        return 0  # only RabbitMQ dead-letters messages; the embedded transport has no such queue
+    return drain_broker_dead(rt.url, broker, limit=limit)

@@ -16,7 +16,7 @@ from hubbridge.case import LONDON
 from hubbridge.connectors.base import BackOfficeUpdate, Connector, CreateResult, Delivery, TargetField, UpdatePage
 from hubbridge.connectors.http import HttpClient
 from hubbridge.connectors.soap import call, make_client, target_fields_of
-from hubbridge.errors import BadResponseError, PermanentError
+from hubbridge.errors import BadResponseError, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
@@ -231,11 +231,21 @@ class BartecConnector(Connector):
         since = state.at - self.lookback if state.at else EPOCH
         changed = self._invoke("ServiceRequests_Updates_Get", LastUpdated=_local(since))
         found: list[tuple[datetime, int, Any]] = []
+        partial = False
         for job in changed.ServiceRequest_Updates or []:
             if job.DateChanged is None or _aware(job.DateChanged) < since:
                 continue
-            history = self._invoke("ServiceRequests_History_Get", ref=job.ServiceCode,
-                                   ServiceRequestID=job.ServiceRequestID, Date=_local(since))
+            try:
+                history = self._invoke("ServiceRequests_History_Get", ref=job.ServiceCode,
+                                       ServiceRequestID=job.ServiceRequestID, Date=_local(since))
+            except TransientError:
+                # One history call per changed job: on a flaky back office a whole page would almost never
+                # succeed. Hand over the jobs read so far (each job's history is complete) and keep the
+                # cursor's time where it was, so the unread jobs are asked for again next time.
+                if not found:
+                    raise
+                partial = True
+                break
             for h in history.ServiceRequest_History or []:
                 at = _aware(h.DateChanged)
                 if at < since or h.id in state.seen:
@@ -244,13 +254,15 @@ class BartecConnector(Connector):
         found.sort(key=lambda f: (f[0], f[1]))
         page = found[:limit]
         updates = [self._update(at, h) for at, _, h in page]
-        if page:
+        if page and partial:
+            state = _Cursor(state.at, {**state.seen, **{hid: at.timestamp() for at, hid, _ in page}})
+        elif page:
             newest = max(state.at or page[-1][0], page[-1][0])
             horizon = (newest - self.lookback).timestamp()
             seen = {k: v for k, v in state.seen.items() if v >= horizon}
             seen.update({hid: at.timestamp() for at, hid, _ in page if at.timestamp() >= horizon})
             state = _Cursor(newest, seen)
-        return UpdatePage(updates=updates, cursor=state.dump(), has_more=len(found) > limit)
+        return UpdatePage(updates=updates, cursor=state.dump(), has_more=partial or len(found) > limit)
 
     def _update(self, at: datetime, h: Any) -> BackOfficeUpdate:
         code = h.ServiceCode

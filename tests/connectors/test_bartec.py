@@ -16,7 +16,7 @@ from hubbridge.connectors.bartec import BartecConnector, BartecSimulator, serve
 from hubbridge.connectors.bartec.simulator import ITEM, status_id
 from hubbridge.connectors.base import connector_class
 from hubbridge.connectors.conformance import ConformanceHarness
-from hubbridge.errors import ConfigError, PermanentError
+from hubbridge.errors import ConfigError, PermanentError, TransientError
 from tests.connectors.test_bartec_conformance import ENV, TENANT, bartec_delivery, bartec_harness
 
 WSDL = Path(__file__).parents[2] / "connectors" / "bartec" / "bartec.wsdl"
@@ -241,3 +241,35 @@ def test_plugin_entry_point_and_serve() -> None:
 
 def test_instance_env_credentials_shape() -> None:
     assert set(ENV) == {"WYCHAVON_BARTEC_USER", "WYCHAVON_BARTEC_PASSWORD"}
+
+
+def test_a_failed_history_call_hands_over_the_jobs_read_so_far(sim: BartecSimulator,
+                                                                 harness: ConformanceHarness) -> None:
+    """Sync reads one history per changed job; one flaky call must not throw the whole page away."""
+    connector = harness.make_connector()
+    refs = [connector.create(bartec_delivery(20 + i)).backoffice_ref for i in range(4)]
+    harness.advance()
+    everything = [(u.backoffice_ref, u.update_id) for u in connector.updates_since(None).updates]
+    last_job = next(j for j in sim.store.jobs.values() if j.ref == refs[-1])
+    sim.faults.next("error500", match=f"ServiceRequestID>{last_job.id}<")
+
+    first = connector.updates_since(None)
+    assert first.has_more and first.updates
+    assert refs[-1] not in {u.backoffice_ref for u in first.updates}
+    second = connector.updates_since(first.cursor)
+    got = [(u.backoffice_ref, u.update_id) for u in first.updates + second.updates]
+    assert sorted(got) == sorted(everything) and len(set(got)) == len(got)
+    assert connector.updates_since(second.cursor).updates == []
+    for ref in refs:  # each job's own history arrives in order
+        ids = [int(i) for r, i in got if r == ref]
+        assert ids == sorted(ids)
+
+
+def test_a_failed_history_call_with_nothing_read_is_transient(sim: BartecSimulator,
+                                                               harness: ConformanceHarness) -> None:
+    connector = harness.make_connector()
+    connector.create(bartec_delivery(30))
+    sim.faults.next("error500", match="ServiceRequests_History_Get")
+    with pytest.raises(TransientError):
+        connector.updates_since(None)
+    assert connector.updates_since(None).updates

@@ -87,6 +87,25 @@ def test_unknown_outcome_is_looked_up_before_creating_again(rig: Rig) -> None:
     assert jobs(rig, ref) == 1, "the second attempt must find the first job, not make another"
 
 
+def test_steps_a_job_took_before_a_late_delivery_still_reach_the_hub(rig: Rig) -> None:
+    """The back office moved the job on while our answer was lost: its news is not older than our `delivered`."""
+    ref = accept(rig, missed_bins(1)[0])
+    rig.backoffice.faults.slow_seconds = 4.0
+    rig.backoffice.faults.next("slow", match="ServiceRequest_Create")
+    assert pipeline.deliver_case(rig.rt, ref).kind == "retry"
+    store = rig.backoffice.store
+    for _ in range(len(store.lifecycle)):
+        store.advance()
+    assert pipeline.deliver_case(rig.rt, ref).kind == "done"  # found, after every step of the job
+    pipeline.push_hub(rig.rt, ref)
+    for name in sorted({r.connector.name for r in rig.rt.config.routes.values()}):
+        for pushed in pipeline.poll_connector(rig.rt, name).push:
+            pipeline.push_hub(rig.rt, pushed)
+    ups = rig.hub.updates_for(ref)
+    assert ups[0]["status"] == "delivered" and ups[-1]["status"] == "closed"
+    assert [u["sequence"] for u in ups] == list(range(1, len(ups) + 1))
+
+
 def test_refused_case_is_dead_lettered_with_the_reason(rig: Rig) -> None:
     case = missed_bins(1)[0]
     bad_uprn = next(iter(sorted(rig.backoffice.unknown_uprns)))
