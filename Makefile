@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CASES ?= 500
 
-.PHONY: setup demo test lint services fault-tests bench clean
+.PHONY: setup demo test lint services browser bench clean
 
 $(BIN)/hubbridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +20,20 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+# the console's browser tests need Debian's chromium + chromium-driver: installed here if missing
+browser:
+	bash .ci/browser
+
+test: setup lint browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 services:
 	bash .ci/services
 
-bench: setup
-	$(BIN)/python -m bench.mapping
-	$(BIN)/python -m bench.sla
+BENCH ?= --quick
+# `make bench BENCH=` runs the issues' full sizes (hours on two cores); the default is a quick pass
+bench: setup services
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) var *.egg-info
