@@ -1,0 +1,103 @@
+"""Memory: the worker's resident memory over a long soak of Hub cases, and how much it grows after warm-up.
+
+`python -m bench.memory --cases 100000 [--json] [--embedded]` posts the cases flat out to a whole
+hubbridge on loopback and samples the resident set (VmRSS from /proc) of the worker and its pool
+processes once a second. Warm-up is the first 10% of the cases; growth is the mean of the last tenth
+of the samples over the mean of the samples taken just after warm-up. Target: growth < 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+from bench.stack import BenchStack, cases_for, worker_rss_kib, write_result
+
+
+def run(
+    cases: int,
+    *,
+    embedded: bool = False,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    log_level: str = "WARNING",
+    batch: int = 5000,
+) -> dict[str, Any]:
+    samples: list[tuple[float, int, int]] = []  # (seconds, settled cases, RSS KiB)
+    with BenchStack(embedded=embedded, concurrency=concurrency, pool=pool, log_level=log_level) as stack:
+        stack.start_pipeline()
+        worker_pid = stack.procs["worker"].pid
+        stop = threading.Event()
+        started = time.monotonic()
+
+        def sample() -> None:
+            while not stop.wait(1.0):
+                acked, dead = stack.settled()
+                samples.append((time.monotonic() - started, acked + dead, worker_rss_kib(worker_pid)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        accepted = lost = 0
+        # in batches, so the driver never holds 100,000 cases in memory and the queue stays short
+        for first in range(0, cases, batch):
+            size = min(batch, cases - first)
+            chunk = cases_for(size, seed=first + 1)
+            for i, case in enumerate(chunk):
+                case["ref"] = f"WH-2026-{first + i + 1:06d}"  # unique across batches
+            sub = stack.submit(chunk)
+            accepted += sub.accepted
+            stack.wait_settled(accepted, 600)
+            lost += stack.outcome(sub)["lost"]
+        stop.set()
+        sampler.join(5)
+    warm_cases = cases * 0.1
+    after_warm = [s for s in samples if s[1] >= warm_cases]
+    if len(after_warm) < 4:
+        raise RuntimeError("too few samples after warm-up: run more cases")
+    head = after_warm[: max(1, len(after_warm) // 10)]
+    tail = after_warm[-max(1, len(after_warm) // 10) :]
+    base = sum(s[2] for s in head) / len(head)
+    end = sum(s[2] for s in tail) / len(tail)
+    return {
+        "cases": cases,
+        "lost": lost,
+        "samples": len(samples),
+        "rss_after_warmup_mib": round(base / 1024, 1),
+        "rss_end_mib": round(end / 1024, 1),
+        "rss_peak_mib": round(max(s[2] for s in samples) / 1024, 1),
+        "growth_pct": round((end - base) / base * 100, 2),
+        "duration_s": round(samples[-1][0], 1) if samples else 0.0,
+        "broker": "embedded+sqlite" if embedded else "rabbitmq",
+        "worker": {"pool": pool, "concurrency": concurrency},
+        "series": [[round(t, 1), n, kib] for t, n, kib in samples[:: max(1, len(samples) // 60)]],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--cases", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--embedded", action="store_true", help="embedded SQLite broker and store")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
+    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--batch", type=int, default=5000, help="cases posted before waiting for them to settle")
+    args = parser.parse_args(argv)
+    result = run(args.cases, embedded=args.embedded, concurrency=args.concurrency, pool=args.pool,
+                 log_level=args.log_level, batch=args.batch)
+    write_result("memory-embedded" if args.embedded else "memory", result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"worker RSS after warm-up {result['rss_after_warmup_mib']} MiB, at the end {result['rss_end_mib']} MiB: "
+              f"growth {result['growth_pct']}% (target < 10%); {result['lost']} lost of {result['cases']}")
+    return 1 if result["lost"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,677 @@
+"""A whole hubbridge on loopback for the benchmarks: store, broker, simulators, API, worker and beat.
+
+Everything runs as it does in production, each piece in its own process: the simulators (the Hub and
+the four back offices) in a child process so their HTTP handling does not share the driver's GIL, the
+intake API, one Celery worker and beat as `hubbridge` subprocesses. Each run gets its own PostgreSQL
+database and RabbitMQ virtual host (or SQLite files for the embedded default), dropped afterwards,
+so other users of the local services neither see nor disturb its messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "var" / "bench"
+PG_ADMIN_URL = os.environ.get("HUBBRIDGE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_BASE = os.environ.get("HUBBRIDGE_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+AREAS = ("refuse", "revenues", "highways", "planning")
+PLUGINS = ("bartec", "revenues", "open311", "planning")
+INTAKE_SECRET = "bench-intake-secret"
+HUB_TOKEN = "hub-demo-token"
+
+
+# -- the simulators, in their own process ---------------------------------------------------------
+
+
+def _simulator_process(conn: Any, plugins: Sequence[str], tick_seconds: float | None) -> None:
+    """Child process: serve the Hub and back-office simulators and answer the driver's questions."""
+    import logging
+
+    logging.disable(logging.INFO)
+    from hubbridge.connectors.hub import HubSimulator
+    from hubbridge.workflows.demo import simulator_for
+
+    hub = HubSimulator(token=HUB_TOKEN).start()
+    sims = {}
+    for plugin in plugins:
+        sim = simulator_for(plugin, 0).start()
+        if tick_seconds:
+            sim.auto_advance(tick_seconds, sim.store.advance)
+        sims[plugin] = sim
+    conn.send({"hub": hub.endpoint, "plugins": {p: s.url for p, s in sims.items()}})
+    while True:
+        try:
+            cmd, arg = conn.recv()
+        except EOFError:
+            break
+        if cmd == "stop":
+            break
+        if cmd == "acks":
+            # When the Hub first heard each case's back-office reference (the delivered update).
+            out: dict[str, str | None] = {}
+            for ref in arg:
+                first = next((u for u in hub.updates_for(ref) if u.get("backoffice_ref")), None)
+                out[ref] = first["received_at"] if first else None
+            conn.send({"acks": out, "out_of_order": len(hub.out_of_order), "duplicates": len(hub.duplicates)})
+        elif cmd == "jobs":
+            counts: dict[str, int] = {}
+            for sim in sims.values():
+                for ref, n in sim.store.count_by_hub_ref().items():
+                    counts[ref] = counts.get(ref, 0) + n
+            conn.send(counts)
+        else:
+            conn.send({"error": f"unknown command {cmd!r}"})
+    for sim in (hub, *sims.values()):
+        sim.stop()
+
+
+class SimulatorProcess:
+    """The simulators in a child process, asked over a pipe for what the Hub recorded."""
+
+    def __init__(self, plugins: Sequence[str] = PLUGINS, tick_seconds: float | None = None) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._lock = threading.Lock()
+        self.proc = ctx.Process(target=_simulator_process, args=(child, tuple(plugins), tick_seconds), daemon=True)
+        self.proc.start()
+        if not self._conn.poll(60):
+            raise RuntimeError("the simulator process did not start within 60 s")
+        ready = self._conn.recv()
+        self.hub_endpoint: str = ready["hub"]
+        self.plugin_urls: dict[str, str] = ready["plugins"]
+
+    def ask(self, cmd: str, arg: Any = None) -> Any:
+        with self._lock:
+            self._conn.send((cmd, arg))
+            return self._conn.recv()
+
+    def acks(self, refs: Iterable[str]) -> dict[str, datetime | None]:
+        """Each ref -> when the Hub recorded its back-office reference (None if it never did)."""
+        got = self.ask("acks", list(refs))
+        self.out_of_order = int(got["out_of_order"])
+        self.duplicates = int(got["duplicates"])
+        return {r: datetime.fromisoformat(t) if t else None for r, t in got["acks"].items()}
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ask_nowait("stop")
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+    def ask_nowait(self, cmd: str) -> None:
+        with self._lock:
+            self._conn.send((cmd, None))
+
+
+# -- config pointing at the simulators ------------------------------------------------------------
+
+
+def write_config(dest: Path, hub_url: str, plugin_urls: dict[str, str], *, poll_seconds: float = 5.0) -> Path:
+    """Copy the shipped config with every endpoint pointed at the simulators on their ephemeral ports."""
+    from ruamel.yaml import YAML
+
+    from hubbridge.config.settings import SHIPPED_CONFIG_DIR
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in SHIPPED_CONFIG_DIR.glob("*.yaml"):
+        shutil.copy(f, dest / f.name)
+    yaml = YAML()
+    conns = yaml.load((dest / "connectors.yaml").read_text())
+    conns["hub"]["endpoint"] = hub_url
+    for inst in conns["connectors"].values():
+        base, old = urlsplit(plugin_urls[inst["plugin"]]), urlsplit(inst["endpoint"])
+        inst["endpoint"] = urlunsplit((base.scheme, base.netloc, old.path, "", ""))
+        inst["poll_seconds"] = poll_seconds
+    with (dest / "connectors.yaml").open("w") as fh:
+        yaml.dump(conns, fh)
+    return dest
+
+
+# -- store and broker for one run -----------------------------------------------------------------
+
+
+def _pg_create() -> tuple[str, str]:
+    import psycopg
+
+    name = f"hubbridge_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    return name, url
+
+
+def _pg_drop(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    try:
+        done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _vhost_create() -> str | None:
+    """A private virtual host, so the run's queues are not shared with tests running at the same time."""
+    vhost = f"hubbridge-bench-{uuid.uuid4().hex[:8]}"
+    user = urlsplit(AMQP_BASE).username or "guest"
+    if _rabbitmqctl("add_vhost", vhost) and _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*"):
+        return vhost
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the stack ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Submitted:
+    """What the driver posted: each ref's intake time (wall clock, seconds) and the HTTP outcomes."""
+
+    at: dict[str, float] = field(default_factory=dict)
+    accepted: int = 0
+    refused: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+
+@dataclass
+class BenchStack:
+    """One hubbridge deployment on loopback; `embedded` selects SQLite + the embedded broker."""
+
+    embedded: bool = False
+    concurrency: int = 2
+    pool: str = "prefork"
+    log_level: str = "INFO"
+    tick_seconds: float | None = None
+    root: Path = field(default_factory=lambda: RESULTS_DIR / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    database_url: str = ""
+    broker_url: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    api_url: str = ""
+    sims: SimulatorProcess | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _pg_name: str | None = None
+    _vhost: str | None = None
+
+    # lifecycle
+    def __enter__(self) -> BenchStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.stop()
+        if exc_type is None and self.root.parent == RESULTS_DIR:
+            # a clean run leaves only its results; a failed one keeps its logs and config to read
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def start(self) -> BenchStack:
+        from hubbridge.workflows.store import migrate
+
+        if threading.current_thread() is threading.main_thread():
+            # a `timeout` or Ctrl-C must still stop the worker, API and beat and drop the database
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.embedded:
+            self.database_url = f"sqlite:///{self.root / 'hubbridge.sqlite'}"
+            self.broker_url = f"embedded+sqlite:///{self.root / 'broker.sqlite'}"
+        else:
+            self._pg_name, self.database_url = _pg_create()
+            self._vhost = _vhost_create()
+            self.broker_url = f"{AMQP_BASE}/{self._vhost}" if self._vhost else f"{AMQP_BASE}//"
+        migrate(self.database_url)
+        self.sims = SimulatorProcess(PLUGINS, self.tick_seconds)
+        cfg = write_config(self.root / "config", self.sims.hub_endpoint, self.sims.plugin_urls)
+        self.env = self._environment(cfg)
+        if not self._vhost and not self.embedded:
+            self.purge_queues()
+        return self
+
+    def _environment(self, cfg: Path) -> dict[str, str]:
+        from hubbridge.config.loader import load_config
+        from hubbridge.config.settings import Settings
+        from hubbridge.workflows.demo import _credential_names, demo_environment
+
+        # the demo's credentials, which `simulator_for` configures the simulators to expect
+        secrets = demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg))))
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("HUBBRIDGE_")},
+            **secrets,
+            "HUBBRIDGE_HUB_TOKEN": HUB_TOKEN,
+            "HUBBRIDGE_INTAKE_SECRET": INTAKE_SECRET,
+            "HUBBRIDGE_CONFIG_DIR": str(cfg),
+            "HUBBRIDGE_DATA_DIR": str(self.root),
+            "HUBBRIDGE_DATABASE_URL": self.database_url,
+            "HUBBRIDGE_BROKER_URL": self.broker_url,
+            "HUBBRIDGE_LOG_FORMAT": "json",
+            "HUBBRIDGE_LOG_LEVEL": self.log_level,
+            "HUBBRIDGE_SWEEP_SECONDS": "2",
+            # a generous lease: the benchmark measures the queue path, not reconcile's re-queueing
+            "HUBBRIDGE_RECONCILE_AFTER_SECONDS": "300",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+
+    def start_pipeline(self) -> None:
+        """Start the intake API, the worker and beat, and wait until the API answers."""
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        self.spawn("api", ["-m", "hubbridge.workflows.cli", "api", "--port", str(port)])
+        self.spawn("worker", ["-m", "hubbridge.workflows.cli", "worker", *self.worker_args()])
+        self.spawn("beat", ["-m", "hubbridge.workflows.cli", "beat", "--loglevel=WARNING"])
+        self.wait_api()
+
+    def start_profiles(self, label: str, names: Sequence[str] = ("api", "worker")) -> None:
+        """Sample the named processes (and their pool children) with py-spy until they stop."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            raise RuntimeError("py-spy is not installed: pip install -e '.[dev]'")
+        out = RESULTS_DIR / "profiles"
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            proc = self.procs[name]
+            self.spawn(f"py-spy-{name}", [spy, "record", "--pid", str(proc.pid), "--subprocesses", "--format", "raw",
+                                          "--rate", "200", "--nonblocking", "-o", str(out / f"{label}-{name}.txt")],
+                       python=False)
+
+    def stop_profiles(self) -> None:
+        """Stop py-spy the way it expects (SIGINT), so it writes its samples."""
+        for name in [n for n in self.procs if n.startswith("py-spy-")]:
+            proc = self.procs.pop(name)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+
+    def worker_args(self) -> list[str]:
+        return [f"--concurrency={self.concurrency}", f"--pool={self.pool}", "--loglevel=WARNING"]
+
+    def spawn(self, name: str, args: list[str], *, python: bool = True) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.log").open("ab")
+        proc = subprocess.Popen([sys.executable, *args] if python else args, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        self.procs[name] = proc
+        return proc
+
+    def wait_api(self, timeout: float = 60.0) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.api_url}/healthz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the intake API did not answer within {timeout:.0f} s; see {self.root}/api.log")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None and not name.startswith("py-spy-"):
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.root}/{name}.log\n"
+                                   + self.log_tail(name))
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def stop_process(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def stop(self, keep: bool = False) -> None:
+        self.stop_profiles()
+        for name in list(self.procs):
+            self.stop_process(name)
+        if self.sims is not None:
+            self.sims.stop()
+            self.sims = None
+        from hubbridge.workflows.store import engine_for
+
+        with contextlib.suppress(Exception):
+            engine_for(self.database_url).dispose()
+        engine_for.cache_clear()
+        if self._pg_name and not keep:
+            with contextlib.suppress(Exception):
+                _pg_drop(self._pg_name)
+            self._pg_name = None
+        if self._vhost and not keep:
+            _rabbitmqctl("delete_vhost", self._vhost)
+            self._vhost = None
+        if not keep:
+            for f in self.root.glob("*.sqlite*"):
+                f.unlink()
+
+    def purge_queues(self) -> None:
+        from amqp.exceptions import NotFound
+        from kombu import Connection
+
+        for q in ("hubbridge.deliver", "hubbridge.hub", "hubbridge.sync", "hubbridge.control", "hubbridge.bench"):
+            with Connection(self.broker_url, connect_timeout=5) as conn, contextlib.suppress(NotFound):
+                conn.default_channel.queue_purge(q)
+
+    # driving it
+    def submit(self, cases: Sequence[dict[str, Any]], *, rate: float | None = None, threads: int = 4) -> Submitted:
+        """POST each case, signed, to the intake API; at `rate` cases/s on a fixed schedule, else flat out.
+
+        With a rate, a case's intake time is its scheduled time, so a stall in the driver or the API
+        counts against latency instead of hiding it (no coordinated omission).
+        """
+        import requests
+
+        from hubbridge.signing import sign
+
+        out = Submitted()
+        lock = threading.Lock()
+        local = threading.local()
+        bodies = [json.dumps(c).encode() for c in cases]
+        start = time.time() + 0.2
+
+        def post(i: int) -> None:
+            session = getattr(local, "session", None)
+            if session is None:
+                session = local.session = requests.Session()
+            if rate:
+                due = start + i / rate
+                delay = due - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                at = due
+            else:
+                at = time.time()
+            body = bodies[i]
+            headers = {"Content-Type": "application/json", **sign(body, INTAKE_SECRET)}
+            try:
+                code = session.post(f"{self.api_url}/cases", data=body, headers=headers, timeout=60).status_code
+            except requests.RequestException:
+                code = 0
+            with lock:
+                if code == 202:
+                    out.accepted += 1
+                    out.at[cases[i]["ref"]] = at
+                else:
+                    out.refused += 1
+
+        # with a rate, enough threads that a slow answer does not hold back the next case's schedule
+        n_threads = max(threads, int(rate * 0.5) + 2) if rate else threads
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(post, range(len(cases))))
+        if out.at:
+            out.first, out.last = min(out.at.values()), max(out.at.values())
+        return out
+
+    def cpu_components(self) -> dict[str, list[int]]:
+        """The processes whose CPU a case costs, by component: ours, the simulators, our PostgreSQL backends."""
+        comps: dict[str, list[int]] = {"driver": [os.getpid()]}
+        for name in ("api", "worker", "beat"):
+            if name in self.procs:
+                comps[name] = list(_descendants(self.procs[name].pid))
+        if self.sims is not None and self.sims.proc.pid:
+            comps["simulators"] = [self.sims.proc.pid]
+        if self._pg_name:
+            import psycopg
+
+            with contextlib.suppress(Exception), psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self._pg_name,)).fetchall()
+                comps["postgresql"] = [int(r[0]) for r in rows]
+        return comps
+
+    def cpu_snapshot(self) -> dict[str, float]:
+        return {name: cpu_seconds(pids) for name, pids in self.cpu_components().items()}
+
+    def settled(self) -> tuple[int, int]:
+        """(acknowledged, dead) cases in the store."""
+        from sqlalchemy import func, select
+
+        from hubbridge.workflows.store import CaseRow, session_scope
+
+        with session_scope(self.database_url) as s:
+            rows = dict(s.execute(select(CaseRow.stage, func.count()).group_by(CaseRow.stage)).all())
+        return int(rows.get("acknowledged", 0)), int(rows.get("dead", 0))
+
+    def wait_settled(self, n: int, timeout: float) -> float:
+        """Wait until `n` cases are acknowledged or dead in the store; the seconds waited."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            acked, dead = self.settled()
+            if acked + dead >= n:
+                break
+            self.check_alive()
+            time.sleep(0.25)
+        return time.monotonic() - started
+
+    def outcome(self, submitted: Submitted) -> dict[str, Any]:
+        """What the Hub recorded for the submitted cases: throughput, latencies, lost, duplicates."""
+        from sqlalchemy import select
+
+        from hubbridge.workflows.store import DeadLetterRow, session_scope
+
+        assert self.sims is not None
+        acks = self.sims.acks(submitted.at)
+        with session_scope(self.database_url) as s:
+            dead = set(s.scalars(select(DeadLetterRow.hub_ref).where(DeadLetterRow.hub_ref.is_not(None))).all())
+        jobs = self.sims.ask("jobs")
+        latencies = sorted(
+            (t.timestamp() - submitted.at[r]) for r, t in acks.items() if t is not None
+        )
+        acked = [t.timestamp() for t in acks.values() if t is not None]
+        lost = sum(1 for r, t in acks.items() if t is None and r not in dead)
+        elapsed = (max(acked) - submitted.first) if acked else 0.0
+        return {
+            "submitted": len(submitted.at),
+            "refused_at_intake": submitted.refused,
+            "acknowledged": len(acked),
+            "dead_lettered": len(dead & set(submitted.at)),
+            "lost": lost + submitted.refused,
+            "duplicate_jobs": sum(1 for r in submitted.at if jobs.get(r, 0) > 1),
+            "out_of_order": self.sims.out_of_order,
+            "elapsed_s": round(elapsed, 2),
+            "cases_per_s": round(len(acked) / elapsed, 1) if elapsed > 0 else 0.0,
+            "latency_ms": percentiles(latencies),
+        }
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/max of sorted seconds, in milliseconds."""
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+
+    def pick(q: float) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1)
+
+    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "max": round(values[-1] * 1000, 1)}
+
+
+def cases_for(n: int, seed: int = 2026) -> list[dict[str, Any]]:
+    """`n` generated Hub cases mixed across the four service areas, refs unique to this run."""
+    from hubbridge.workflows.casegen import generate_cases
+
+    return list(generate_cases(n, areas=AREAS, seed=seed))
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def worker_rss_kib(root_pid: int) -> int:
+    """Resident memory (KiB) of a process and all its descendants, read from /proc."""
+    total = 0
+    for pid in _descendants(root_pid):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of live processes (from /proc/PID/stat), each counted once."""
+    total = 0
+    for pid in set(pids):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def _descendants(root_pid: int) -> Iterator[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        yield pid
+        todo.extend(children.get(pid, []))
+
+
+# -- the ceiling: an empty task on the same broker with the same reliability settings -------------
+
+CEILING_QUEUE = "hubbridge.bench"
+
+
+def ceiling_app() -> Any:
+    """hubbridge's own Celery app (same acks, confirms, persistence, prefetch) plus one empty task."""
+    from kombu import Queue
+
+    from hubbridge.config.settings import get_settings
+    from hubbridge.workflows.app import make_app
+
+    app = make_app(get_settings())
+    deliver = next(q for q in app.conf.task_queues if q.name == "hubbridge.deliver")
+    # the same exchange and queue arguments as the delivery queue, under a name of its own
+    app.conf.task_queues = [*app.conf.task_queues, Queue(CEILING_QUEUE, deliver.exchange, routing_key="bench",
+                                                         durable=True, queue_arguments=deliver.queue_arguments)]
+    app.conf.task_routes = {**app.conf.task_routes, "bench.noop": {"queue": CEILING_QUEUE, "routing_key": "bench"}}
+    counter = os.environ.get("HUBBRIDGE_BENCH_COUNTER", "")
+    fds: dict[int, int] = {}
+
+    @app.task(name="bench.noop", shared=False)  # one per app: several runs may share a process
+    def noop(i: int) -> None:
+        # one appended byte per task: the file's size counts completions exactly, at a syscall's cost
+        fd = fds.get(os.getpid())
+        if fd is None:
+            fd = fds[os.getpid()] = os.open(counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, b".")
+
+    return app
+
+
+def _ceiling_worker(argv: list[str]) -> None:
+    app = ceiling_app()
+    app.worker_main(["worker", *argv, f"--queues={CEILING_QUEUE}", "--without-gossip", "--without-mingle",
+                     "-n", f"bench-ceiling-{os.getpid()}@%h"])
+
+
+def measure_ceiling(stack: BenchStack, tasks: int, timeout: float = 240.0) -> dict[str, Any]:
+    """Publish `tasks` empty tasks while a worker like hubbridge's consumes them; tasks per second."""
+    counter = stack.root / "ceiling.count"
+    counter.unlink(missing_ok=True)
+    counter.touch()
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in stack.env.items() if k.startswith("HUBBRIDGE_")})
+    os.environ["HUBBRIDGE_BENCH_COUNTER"] = str(counter)
+    stack.env["HUBBRIDGE_BENCH_COUNTER"] = str(counter)
+    from hubbridge.config.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        app = ceiling_app()
+        noop = app.tasks["bench.noop"]
+        stack.spawn("ceiling", ["-m", "bench.stack", "ceiling-worker", *stack.worker_args()])
+        # warm up: the worker is consuming before the clock starts
+        noop.apply_async(args=[-1])
+        deadline = time.monotonic() + 60
+        while counter.stat().st_size < 1:
+            stack.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the ceiling worker took no task within 60 s\n" + stack.log_tail("ceiling"))
+            time.sleep(0.05)
+        ceiling_pids = [os.getpid(), *_descendants(stack.procs["ceiling"].pid)]
+        cpu_before = cpu_seconds(ceiling_pids)
+        started = time.monotonic()
+        with app.producer_or_acquire() as producer:
+            for i in range(tasks):
+                noop.apply_async(args=[i], producer=producer)
+        published = time.monotonic() - started
+        deadline = time.monotonic() + timeout
+        while counter.stat().st_size < tasks + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+        done = counter.stat().st_size - 1
+        cpu_ms = (cpu_seconds(ceiling_pids) - cpu_before) * 1000 / max(done, 1)
+    finally:
+        stack.stop_process("ceiling")
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+    return {
+        "tasks": tasks,
+        "completed": done,
+        "publish_per_s": round(tasks / published, 1) if published else 0.0,
+        "ceiling_tasks_per_s": round(done / elapsed, 1) if elapsed else 0.0,
+        # publisher + worker CPU per task (RabbitMQ's own not counted, as for the cases)
+        "cpu_ms_per_task": round(cpu_ms, 3),
+        "cpu_bound_tasks_per_s": round(2000 / cpu_ms, 1) if cpu_ms else None,
+    }
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["ceiling-worker"]:
+        _ceiling_worker(sys.argv[2:])
+    else:
+        sys.exit("usage: python -m bench.stack ceiling-worker [celery worker options]")

@@ -1,0 +1,52 @@
+"""The benchmark harness runs end to end with a handful of cases and accounts for every one of them.
+
+No timing is asserted (figures belong in the benchmark output); what is checked is that the harness
+measures something real: every case reaches the Hub simulator or a dead letter, none twice, and the
+ceiling worker really ran every empty task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import e2e
+from bench.__main__ import BENCHMARKS, table
+
+CASES = 8
+
+
+def _check(result: dict, ceiling_tasks: int) -> None:
+    assert result["lost"] == 0, result
+    assert result["acknowledged"] + result["dead_lettered"] == CASES, result
+    assert result["acknowledged"] > 0, result
+    assert result["duplicate_jobs"] == 0 and result["out_of_order"] == 0, result
+    assert result["ceiling"]["completed"] == ceiling_tasks, result
+    assert result["cases_per_s"] > 0 and result["ceiling_tasks_per_s"] > 0
+    assert result["cpu_ms_per_case"]["worker"] > 0
+    assert result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["max"]
+
+
+def test_end_to_end_harness_on_the_embedded_default(tmp_path: Path) -> None:
+    result = e2e.run(CASES, embedded=True, ceiling_tasks=20, timeout=180, root=tmp_path / "run")
+    _check(result, 20)
+    assert result["broker"] == "embedded+sqlite"
+
+
+@pytest.mark.services
+def test_end_to_end_harness_on_rabbitmq_and_postgresql(tmp_path: Path) -> None:
+    result = e2e.run(CASES, ceiling_tasks=20, timeout=180, root=tmp_path / "run")
+    _check(result, 20)
+    assert result["broker"] == "rabbitmq" and result["store"] == "postgresql"
+
+
+def test_results_table_marks_targets_met_and_missed() -> None:
+    e2e_bench = next(b for b in BENCHMARKS if b.name == "e2e")
+    result = {"cases_per_s": 120.0, "ceiling_tasks_per_s": 200.0, "ratio": 0.6, "month_70k_minutes": 9.7,
+              "cpu_ms_per_case": {"total": 30.0}, "lost": 0}
+    text = table({"e2e": result})
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()[2:]}
+    assert rows["RabbitMQ + PostgreSQL: ratio to the ceiling"].endswith("| yes |")
+    assert rows["RabbitMQ + PostgreSQL: 70,000 cases at that rate"].endswith("| no |")
+    assert len(e2e_bench.rows(result)) == len(rows)
