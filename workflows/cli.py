@@ -181,7 +181,7 @@ def status(
 @app.command()
 def demo(
     cases: Annotated[int, typer.Option(help="How many generated cases to feed")] = 500,
-    areas: Annotated[str, typer.Option(help="Service areas to generate, comma separated")] = "refuse",
+    areas: Annotated[str, typer.Option(help="Service areas to generate, comma separated")] = "refuse,revenues,highways,planning",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the pipeline to settle")] = 600.0,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 2,

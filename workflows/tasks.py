@@ -74,10 +74,23 @@ def reconcile() -> dict[str, Any]:
     for ref in sweep.deliver:
         enqueue_delivery(ref, priority=_priority_of(ref))
     for ref in sweep.push:
-        enqueue_push(ref)
+        enqueue_push(ref, priority=_priority_of(ref))
+    _publish_escalations(rt)
     if sweep.deliver or sweep.push:
         log.info("reconcile", requeued=len(sweep.deliver), pushes=len(sweep.push))
     return {"deliver": len(sweep.deliver), "push": len(sweep.push)}
+
+
+def _publish_escalations(rt: pipeline.Runtime) -> None:
+    """Send SLA breaches waiting in the escalation outbox to their queues; on failure they wait for the next sweep."""
+    from hubbridge.sla.enforce import publish_escalations
+    from hubbridge.workflows.store import session_scope
+
+    try:
+        with session_scope(rt.url) as s, app.connection_for_write() as conn:
+            publish_escalations(s, conn, rt.sla.config)
+    except Exception as exc:  # the outbox keeps them; the broker or store will be back
+        log.warning("sla.escalations.unpublished", error=str(exc)[:200])
 
 
 @app.task(name="hubbridge.poll_due")

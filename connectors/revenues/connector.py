@@ -176,8 +176,6 @@ class RevenuesConnector(Connector):
                 key=f"connectors.{self.name}.credentials",
                 hint="give credentials: {username: ENV_VAR, password: ENV_VAR}",
             )
-        self._username = self.secret(instance.credentials["username"]) or ""
-        self._password = self.secret(instance.credentials["password"]) or ""
         options = dict(instance.options)
         self.authority_codes = {**AUTHORITY_CODES, **dict(options.get("authority_codes") or {})}
         self.page_size = max(1, min(int(options.get("page_size", 200)), MAX_PAGE))
@@ -186,8 +184,15 @@ class RevenuesConnector(Connector):
             self.client, self.service = make_client(WSDL_PATH, self.http, instance.endpoint, BINDING)
         except (zx.Error, etree.XMLSyntaxError, OSError) as exc:  # the shipped WSDL itself is broken
             raise ConfigError(f"cannot load {WSDL_PATH.name}: {exc}", path=str(WSDL_PATH)) from None
-        self.client.wsse = UsernameToken(self._username, self._password)
+        # secrets are read on the first call, so validation and dry runs work without them
+        self._signed_in = False
         self._patterns: dict[str, str] = {}
+
+    def _sign_in(self) -> None:
+        if not self._signed_in:
+            creds = self.instance.credentials
+            self.client.wsse = UsernameToken(self.secret(creds["username"]) or "", self.secret(creds["password"]) or "")
+            self._signed_in = True
 
     # -- schema ----------------------------------------------------------------------------------------
     @cached_property
@@ -306,7 +311,8 @@ class RevenuesConnector(Connector):
     def render(self, delivery: Delivery) -> str:
         """The SOAP envelope `create` would send (password masked); sends nothing."""
         request = self._request(delivery)
-        client = Client(self.client.wsdl, wsse=UsernameToken(self._username, "********"),
+        username = self._env.get(self.instance.credentials["username"]) or f"${self.instance.credentials['username']}"
+        client = Client(self.client.wsdl, wsse=UsernameToken(username, "********"),
                         transport=self.client.transport, settings=ZEEP_SETTINGS)
         service = client.create_service(BINDING, self.instance.endpoint)
         try:
@@ -389,6 +395,7 @@ class RevenuesConnector(Connector):
 
     def _call(self, op: str, fn: Callable[[], T], *, hub_ref: str | None = None, ref: str | None = None) -> T:
         """A call with effects; refusals name the case or work item they were about."""
+        self._sign_in()
         try:
             return call(self.name, op, fn)
         except PermanentError as exc:
@@ -399,6 +406,7 @@ class RevenuesConnector(Connector):
 
     def _read(self, op: str, fn: Callable[[], T]) -> T:
         """A call without effects: a lost answer is merely transient, nothing needs looking up."""
+        self._sign_in()
         try:
             return call(self.name, op, fn)
         except UnknownOutcomeError as exc:

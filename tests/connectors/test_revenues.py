@@ -68,8 +68,11 @@ def test_missing_credentials_are_a_config_error(sim: RevenuesSimulator) -> None:
     inst = ConnectorInstance(name="rb", plugin="revenues", endpoint=sim.tenant_url("shared-services"))
     with pytest.raises(ConfigError, match="credentials"):
         RevenuesConnector(inst, env=ENV)
+    unset = make(sim, env={"RB_USER": "x"})  # secrets are read on first use: validation and dry runs need none
+    assert "ExternalReference" in unset.render(delivery(1))
     with pytest.raises(ConfigError, match="RB_PASS"):
-        make(sim, env={"RB_USER": "x"})
+        unset.find("WH-2026-000001")
+    assert soap_posts(sim) == 0
 
 
 def test_target_fields_come_from_the_wsdl_with_short_lengths(sim: RevenuesSimulator) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy.orm import Session
 
@@ -64,4 +65,26 @@ def test_collect_from_store_twice_keeps_one_collector(tmp_path: Path) -> None:
     migrate(url)
     assert metrics.collect_from_store(url, registry) is first and first.database_url == url
     assert registry.get_sample_value("hubbridge_sla_clocks_breached", {"service": "x", "authority": "y"}) is None
+    engine_for(url).dispose()
+
+
+def test_the_api_metrics_endpoint_serves_the_stores_sla_gauges(
+        sla: SlaEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from hubbridge.config.settings import get_settings
+    from hubbridge.workflows.api import create_app
+    from hubbridge.workflows.pipeline import Runtime
+
+    url = f"sqlite:///{tmp_path / 'api.sqlite'}"
+    migrate(url)
+    with Session(engine_for(url)) as s:
+        add_case(s, "WH-2026-000011", service="highways.dangerous-defect", authority="wychavon")
+        sla.start(s, "WH-2026-000011", "highways.dangerous-defect", "wychavon", "normal",
+                  datetime.now(UTC) - timedelta(minutes=100))
+        s.commit()
+    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", url)
+    get_settings.cache_clear()
+    body = TestClient(create_app(Runtime(), enqueue=False)).get("/metrics").text
+    assert 'hubbridge_sla_clocks_breached{authority="wychavon",service="highways.dangerous-defect"} 1.0' in body
     engine_for(url).dispose()
