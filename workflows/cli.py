@@ -23,11 +23,11 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _logging() -> None:
+def _logging(level: str | None = None) -> None:
     from hubbridge.log import configure_logging
 
     s = get_settings()
-    configure_logging(s.log_format, s.log_level)
+    configure_logging(s.log_format, level or s.log_level)
 
 
 @app.command()
@@ -181,7 +181,9 @@ def status(
 @app.command()
 def demo(
     cases: Annotated[int, typer.Option(help="How many generated cases to feed")] = 500,
-    areas: Annotated[str, typer.Option(help="Service areas to generate, comma separated")] = "refuse,revenues,highways,planning",
+    areas: Annotated[str, typer.Option(help="Service areas to generate, comma separated")] = (
+        "refuse,revenues,highways,planning"
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the pipeline to settle")] = 600.0,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 2,
@@ -189,6 +191,8 @@ def demo(
 ) -> None:
     """Run everything on the embedded default: simulators, a worker, beat, the intake API and generated cases."""
     from hubbridge.workflows.demo import run_demo
+
+    _logging("WARNING")  # to stderr, and only what needs a look: stdout carries the summary
 
     summary = run_demo(
         cases=cases,
