@@ -115,3 +115,24 @@ def collect_from_store(database_url: str, registry: CollectorRegistry = REGISTRY
 
 
 _store_collectors: weakref.WeakKeyDictionary[CollectorRegistry, StoreStandingCollector] = weakref.WeakKeyDictionary()
+
+
+class _ProcessMetricsLessStanding(Collector):
+    """This process's default registry without the standing gauges, which the store answers for instead."""
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        for family in REGISTRY.collect():
+            if family.name not in (AT_RISK_DOC[0], BREACHED_DOC[0]):
+                yield family
+
+
+def scrape_registry(database_url: str) -> CollectorRegistry:
+    """A registry for `/metrics` of a process that does not sweep: its own metrics, SLA standing from the store.
+
+    The default registry is left untouched, so gauges this process sets (in tests, or an API that also
+    sweeps) keep working.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ProcessMetricsLessStanding())
+    registry.register(StoreStandingCollector(database_url))
+    return registry

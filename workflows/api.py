@@ -166,10 +166,10 @@ def create_app(rt: pipeline.Runtime | None = None, *, enqueue: bool = True) -> F
     @api.get("/metrics")
     def metrics() -> PlainTextResponse:
         # the SLA gauges are set by the sweep in a worker process: this process reads them from the store
-        from hubbridge.sla.metrics import collect_from_store
+        from hubbridge.sla.metrics import scrape_registry
 
-        collect_from_store(runtime().url)
-        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(scrape_registry(runtime().url)).decode()
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     from hubbridge.workflows.console.routes import console_router  # the console pages and /track
 

@@ -80,6 +80,7 @@ class Runtime:
         self.config = config or load_config(self.settings.config_dir, self.settings)
         self.url = self.settings.resolved_database_url
         self._connectors: dict[str, Connector] = {}
+        self._targets: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     @cached_property
@@ -111,7 +112,10 @@ class Runtime:
     def mapping_for(self, authority: str, service: str) -> Any:
         route = self.config.route(authority, service)
         conn = self.connector(route.connector.name)
-        return route, conn, self.mappings.get(route.mapping_path, conn.target_fields())
+        targets = self._targets.get(conn.name)
+        if targets is None:  # a connector's fields do not change while it lives; some build them per call
+            targets = self._targets[conn.name] = conn.target_fields()
+        return route, conn, self.mappings.get(route.mapping_path, targets)
 
     def close(self) -> None:
         for conn in self._connectors.values():

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import ClassVar
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -46,18 +47,40 @@ def backoff(policy: RetryPolicy, attempt: int, retry_after: float | None = None)
 
 
 class CircuitBreaker:
-    """Closed, open or half-open per connector instance, kept in the store so every worker agrees."""
+    """Closed, open or half-open per connector instance, kept in the store so every worker agrees.
 
-    def __init__(self, url: str, instance: ConnectorInstance) -> None:
+    A circuit seen closed with no failures is trusted in this process for `TRUST_SECONDS`, and the
+    successes in that time are counted in memory and written with the next write: otherwise every
+    successful call would write the instance's one row, a hot row under many workers.
+    """
+
+    TRUST_SECONDS = 1.0
+    _trusted_until: ClassVar[dict[tuple[str, str], float]] = {}
+    _unsaved: ClassVar[dict[tuple[str, str], int]] = {}
+    _written_at: ClassVar[dict[tuple[str, str], float]] = {}
+
+    def __init__(self, url: str, instance: ConnectorInstance, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
         self.instance = instance
+        self._clock = clock
+        self._key = (url, instance.name)
+
+    def _trusted(self) -> bool:
+        return self._trusted_until.get(self._key, float("-inf")) > self._clock()
+
+    def _trust(self) -> None:
+        self._trusted_until[self._key] = self._clock() + self.TRUST_SECONDS
 
     def before_call(self) -> None:
         """Raise BackOfficeUnavailable while the circuit is open; let one trial through once it is due."""
+        if self._trusted():
+            return
         now = utcnow()
         with session_scope(self.url) as s:
             row = s.get(ConnectorHealthRow, self.instance.name)
             if row is None or row.state == "closed":
+                if row is not None and not row.consecutive_failures:
+                    self._trust()
                 return
             if row.state == "open" and row.opened_until and row.opened_until > now:
                 raise BackOfficeUnavailable(
@@ -78,6 +101,9 @@ class CircuitBreaker:
                 )
 
     def success(self) -> None:
+        if self._trusted() and self._clock() - self._written_at.get(self._key, float("-inf")) < self.TRUST_SECONDS:
+            self._unsaved[self._key] = self._unsaved.get(self._key, 0) + 1
+            return
         now = utcnow()
         with session_scope(self.url) as s:
             row = s.get(ConnectorHealthRow, self.instance.name)
@@ -89,10 +115,13 @@ class CircuitBreaker:
             row.state = "closed"
             row.consecutive_failures = 0
             row.opened_until = None
-            row.successes = (row.successes or 0) + 1
+            row.successes = (row.successes or 0) + 1 + self._unsaved.pop(self._key, 0)
             row.last_success_at = now
+        self._trust()
+        self._written_at[self._key] = self._clock()
 
     def failure(self, error: str) -> None:
+        self._trusted_until.pop(self._key, None)
         now = utcnow()
         with session_scope(self.url) as s:
             row = s.scalar(
@@ -103,6 +132,7 @@ class CircuitBreaker:
                     connector=self.instance.name, successes=0, failures=0, consecutive_failures=0, state="closed"
                 )
                 s.add(row)
+            row.successes = (row.successes or 0) + self._unsaved.pop(self._key, 0)
             row.failures = (row.failures or 0) + 1
             row.consecutive_failures = (row.consecutive_failures or 0) + 1
             row.last_failure_at = now

@@ -42,7 +42,16 @@ def _after(task: Task, outcome: pipeline.Outcome, *, hub_ref: str | None = None)
 
 @app.task(name="hubbridge.deliver_case", bind=True, max_retries=None)
 def deliver_case(self: Task, hub_ref: str) -> str:
-    outcome = pipeline.deliver_case(pipeline.runtime(), hub_ref)
+    rt = pipeline.runtime()
+    outcome = pipeline.deliver_case(rt, hub_ref)
+    if outcome.kind == "done" and outcome.push == [hub_ref]:
+        # acknowledge the Hub in this task: one task per case, not two. If it cannot, the outbox row
+        # stays pending and the queued push (or reconcile) takes it.
+        try:
+            if pipeline.push_hub(rt, hub_ref).kind == "done":
+                outcome.push = []
+        except Exception as exc:
+            log.warning("deliver.inline_push_failed", hub_ref=hub_ref, error=str(exc)[:200])
     try:
         _after(self, outcome, hub_ref=hub_ref)
     except Retry:

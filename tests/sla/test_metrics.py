@@ -88,3 +88,20 @@ def test_the_api_metrics_endpoint_serves_the_stores_sla_gauges(
     body = TestClient(create_app(Runtime(), enqueue=False)).get("/metrics").text
     assert 'hubbridge_sla_clocks_breached{authority="wychavon",service="highways.dangerous-defect"} 1.0' in body
     engine_for(url).dispose()
+
+
+def test_scraping_the_api_leaves_this_processs_own_gauges_alone(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    url = f"sqlite:///{tmp_path / 'scrape.sqlite'}"
+    migrate(url)
+    labels = {"service": "refuse.bulky-waste", "authority": "redditch"}
+    metrics.BREACHED.labels(*labels.values()).set(7)
+    try:
+        text = generate_latest(metrics.scrape_registry(url)).decode()
+        assert "hubbridge_sla_clocks_breached" in text and "refuse.bulky-waste" not in text  # the store's figure
+        assert text.count("# TYPE hubbridge_sla_clocks_breached gauge") == 1
+        assert REGISTRY.get_sample_value("hubbridge_sla_clocks_breached", labels) == 7
+    finally:
+        metrics.BREACHED.remove(*labels.values())
+    engine_for(url).dispose()
