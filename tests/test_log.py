@@ -68,27 +68,21 @@ PERSONAL = {
 
 
 def test_a_pipeline_run_logs_no_personal_data(json_logs: pytest.CaptureFixture[str], tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from hubbridge.config.loader import load_config
-    from hubbridge.config.settings import Settings, get_settings
     from hubbridge.connectors.hub import HubSimulator
     from hubbridge.errors import HubbridgeError
     from hubbridge.workflows import pipeline
     from hubbridge.workflows.casegen import generate_cases
-    from hubbridge.workflows.demo import DEMO_SECRETS, _credential_names, demo_environment, simulator_for
+    from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
     from hubbridge.workflows.store import migrate
-    from tests.workflows.stack import write_config
+    from tests.workflows.stack import use_config, write_config
 
     hub = HubSimulator(token=DEMO_SECRETS["HUBBRIDGE_HUB_TOKEN"]).start()
     bartec = simulator_for("bartec", 0).start()
     try:
         cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
-        for k, v in demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg)))).items():
-            monkeypatch.setenv(k, v)
         url = f"sqlite:///{tmp_path / 'store.sqlite'}"
         migrate(url)
-        monkeypatch.setenv("HUBBRIDGE_CONFIG_DIR", str(cfg))
-        monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", url)
-        get_settings.cache_clear()
+        use_config(monkeypatch, cfg, url)
         rt = pipeline.Runtime()
         cases = [c for c in generate_cases(30, seed=21, start_serial=990_001)
                  if c["service"] == "refuse.missed-collection"][:2]

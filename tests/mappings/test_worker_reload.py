@@ -14,16 +14,15 @@ import structlog
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from hubbridge.config.loader import load_config
-from hubbridge.config.settings import Settings, get_settings
+from hubbridge.config.settings import get_settings
 from hubbridge.mappings import load_mapping
 from hubbridge.workflows import pipeline
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.demo import DEMO_SECRETS, _credential_names, demo_environment, simulator_for
+from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
 from hubbridge.workflows.store import CaseRow, session_scope
 from hubbridge.workflows.trail import case_trail
 
-from ..workflows.stack import write_config
+from ..workflows.stack import use_config, write_config
 from .conftest import SHIPPED
 
 
@@ -36,12 +35,7 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -> 
     bartec = simulator_for("bartec", 0).start()
     cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
     shutil.copytree(SHIPPED, cfg / "mappings")
-    env = demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg))))
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HUBBRIDGE_CONFIG_DIR", str(cfg))
-    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", sqlite_url)
-    get_settings.cache_clear()
+    use_config(monkeypatch, cfg, sqlite_url)
     rt = pipeline.Runtime()
     rt.mappings.check_seconds = 0  # look at the file on every case, so the test needs no sleeping
     try:

@@ -9,12 +9,10 @@ from typing import Any
 
 import pytest
 
-from hubbridge.config.loader import load_config
-from hubbridge.config.settings import Settings, get_settings
 from hubbridge.workflows import pipeline
-from hubbridge.workflows.demo import DEMO_SECRETS, _credential_names, demo_environment, simulator_for
+from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
 
-from .stack import write_config
+from .stack import use_config, write_config
 
 
 class Rig:
@@ -45,12 +43,7 @@ def rig(tmp_path: Path, sims: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, 
     hub.reset()
     bartec.faults.clear()
     cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
-    env = demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg))))
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HUBBRIDGE_CONFIG_DIR", str(cfg))
-    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", sqlite_url)
-    get_settings.cache_clear()
+    use_config(monkeypatch, cfg, sqlite_url)
     rt = pipeline.Runtime()
     yield Rig(rt, hub, bartec)
     rt.close()

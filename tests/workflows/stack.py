@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,29 @@ def write_config(dest: Path, hub_url: str, plugin_urls: dict[str, str], plugins:
     return dest
 
 
+@contextmanager
+def connectors_yaml(cfg: Path) -> Iterator[Any]:
+    """The config's connectors.yaml to change in the `with` block; written back (comments kept) after it."""
+    yaml = YAML()
+    conns = yaml.load((cfg / "connectors.yaml").read_text())
+    yield conns
+    with (cfg / "connectors.yaml").open("w") as fh:
+        yaml.dump(conns, fh)
+
+
+def use_config(monkeypatch: Any, cfg: Path, database_url: str) -> None:
+    """Point this process's settings at `cfg` and `database_url`, with the demo credentials its connectors name."""
+    from hubbridge.config.loader import load_config
+    from hubbridge.config.settings import Settings, get_settings
+    from hubbridge.workflows.demo import _credential_names, demo_environment
+
+    for k, v in demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg)))).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HUBBRIDGE_CONFIG_DIR", str(cfg))
+    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+
+
 @dataclass
 class Stack:
     """Simulators in this process; worker and beat as real processes on the given broker and store."""
@@ -71,11 +95,12 @@ class Stack:
 
         self.sims["hub"] = HubSimulator(token=DEMO_SECRETS["HUBBRIDGE_HUB_TOKEN"]).start()
         for plugin in self.plugins:
-            sim = simulator_for(plugin, 0).start()
+            sim = self.make_simulator(plugin).start()
             sim.auto_advance(tick_seconds, sim.store.advance)
             self.sims[plugin] = sim
         cfg = write_config(self.root / "config", self.sims["hub"].endpoint,
                            {p: self.sims[p].url for p in self.plugins}, self.plugins)
+        self.adjust_config(cfg)
         from hubbridge.config.loader import load_config
         from hubbridge.config.settings import Settings
         from hubbridge.workflows.demo import _credential_names, demo_environment
@@ -91,6 +116,13 @@ class Stack:
         if beat:
             self.spawn("beat", ["beat", "--loglevel=INFO"])
         return self
+
+    def make_simulator(self, plugin: str) -> Any:
+        """The back-office simulator for `plugin`, not yet started; a test's stack may give its own."""
+        return simulator_for(plugin, 0)
+
+    def adjust_config(self, cfg: Path) -> None:
+        """Change the written config before the processes start; nothing by default."""
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
         return self.spawn(name, ["worker", f"--concurrency={self.workers}", "--loglevel=INFO"])

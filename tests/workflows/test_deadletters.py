@@ -17,16 +17,13 @@ import pytest
 from ruamel.yaml import YAML
 from sqlalchemy import select, update
 
-from hubbridge.config.loader import load_config
-from hubbridge.config.settings import Settings, get_settings
 from hubbridge.errors import DeadLetterClosed, DeadLetterNotFound, DeadLetterReplayError, HubbridgeError
 from hubbridge.workflows import deadletters, pipeline
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.demo import _credential_names, demo_environment
 from hubbridge.workflows.store import CaseRow, DeadLetterRow, EventRow, HubUpdateRow, session_scope, utcnow
 
 from .conftest import Rig
-from .stack import write_config
+from .stack import use_config, write_config
 
 _serials = itertools.count(300_001, 1000)
 
@@ -39,11 +36,7 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path, sims: tuple[Any, Any],
     hub.reset()
     bartec.faults.clear()
     cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
-    for k, v in demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg)))).items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HUBBRIDGE_CONFIG_DIR", str(cfg))
-    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", url)
-    get_settings.cache_clear()
+    use_config(monkeypatch, cfg, url)
     rt = pipeline.Runtime()
     yield Rig(rt, hub, bartec)
     rt.close()

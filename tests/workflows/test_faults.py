@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 from sqlalchemy import func, select
 
 from hubbridge.connectors.bartec import BartecSimulator
@@ -32,7 +31,7 @@ from hubbridge.connectors.simulator import Request, Response
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.store import CaseRow, DeadLetterRow, HubUpdateRow, LinkRow, RaisedCaseRow, session_scope
 
-from .stack import Stack, write_config
+from .stack import Stack, connectors_yaml
 
 pytestmark = [pytest.mark.services, pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -79,36 +78,17 @@ class PartlyDownBartec(BartecSimulator):
 class FaultStack(Stack):
     """The end-to-end stack, with the Bartec simulator able to take one tenant down."""
 
-    def start(self, *, beat: bool = True, tick_seconds: float = 1.0) -> FaultStack:
-        from hubbridge.config.loader import load_config
-        from hubbridge.config.settings import Settings
-        from hubbridge.connectors.hub import HubSimulator
-        from hubbridge.workflows.demo import DEMO_SECRETS, _credential_names, demo_environment
-
-        self.sims["hub"] = HubSimulator(token=DEMO_SECRETS["HUBBRIDGE_HUB_TOKEN"]).start()
-        bartec = PartlyDownBartec().start()
+    def make_simulator(self, plugin: str) -> PartlyDownBartec:
+        assert plugin == "bartec"
+        bartec = PartlyDownBartec()
         bartec.faults.slow_seconds = 2.0  # past the read timeout below: the job is made, the answer lost
-        bartec.auto_advance(tick_seconds, bartec.store.advance)
-        self.sims["bartec"] = bartec
-        cfg = write_config(self.root / "config", self.sims["hub"].endpoint, {"bartec": bartec.url}, ["bartec"])
+        return bartec
+
+    def adjust_config(self, cfg: Path) -> None:
         # a short read timeout: a timed-out call holds a worker process for less of the test's time
-        yaml = YAML()
-        conns = yaml.load((cfg / "connectors.yaml").read_text())
-        for inst in conns["connectors"].values():
-            inst["timeouts"] = {"connect": 1, "read": 1.5}
-        with (cfg / "connectors.yaml").open("w") as fh:
-            yaml.dump(conns, fh)
-        names = _credential_names(load_config(cfg, Settings(config_dir=cfg)))
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("HUBBRIDGE_")},
-                    **demo_environment(names),
-                    "HUBBRIDGE_CONFIG_DIR": str(cfg), "HUBBRIDGE_DATA_DIR": str(self.root / "var"),
-                    "HUBBRIDGE_DATABASE_URL": self.database_url, "HUBBRIDGE_BROKER_URL": self.broker_url,
-                    "HUBBRIDGE_LOG_FORMAT": "json", "HUBBRIDGE_SWEEP_SECONDS": "1",
-                    "HUBBRIDGE_RECONCILE_AFTER_SECONDS": "20"}
-        self.start_worker()
-        if beat:
-            self.spawn("beat", ["beat", "--loglevel=INFO"])
-        return self
+        with connectors_yaml(cfg) as conns:
+            for inst in conns["connectors"].values():
+                inst["timeouts"] = {"connect": 1, "read": 1.5}
 
     @property
     def bartec(self) -> PartlyDownBartec:
@@ -130,7 +110,8 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> Iterat
     workers = WORKER_PROCESSES.get(request.node.name, 2)
     s = FaultStack(tmp_path, pg_url, f"amqp://guest:guest@127.0.0.1:5672/{vhost}", workers=workers)
     try:
-        yield s.start()
+        s.start()
+        yield s
     finally:
         s.stop()
         broker_up()

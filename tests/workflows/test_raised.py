@@ -13,14 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 from sqlalchemy import func, select, update
 
-from hubbridge.config.loader import load_config
-from hubbridge.config.settings import Settings, get_settings
 from hubbridge.connectors.base import BackOfficeUpdate
 from hubbridge.workflows import pipeline
-from hubbridge.workflows.demo import _credential_names, demo_environment
 from hubbridge.workflows.store import (
     CaseRow,
     DeadLetterRow,
@@ -33,7 +29,7 @@ from hubbridge.workflows.store import (
 )
 
 from .conftest import Rig
-from .stack import write_config
+from .stack import connectors_yaml, use_config, write_config
 
 TENANT = "bromsgrove"
 INSTANCE = "refuse-bromsgrove"
@@ -50,17 +46,9 @@ def raised_rig(
     bartec.faults.clear()
     hub.faults.slow_seconds = 3.0
     cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
-    yaml = YAML()
-    conns = yaml.load((cfg / "connectors.yaml").read_text())
-    conns["hub"]["timeouts"] = {"connect": 2, "read": 2}
-    with (cfg / "connectors.yaml").open("w") as fh:
-        yaml.dump(conns, fh)
-    env = demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg))))
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HUBBRIDGE_CONFIG_DIR", str(cfg))
-    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", sqlite_url)
-    get_settings.cache_clear()
+    with connectors_yaml(cfg) as conns:
+        conns["hub"]["timeouts"] = {"connect": 2, "read": 2}
+    use_config(monkeypatch, cfg, sqlite_url)
     # start the sync cursor after the jobs other tests left in the module's simulator: they stay out of this one
     rt = pipeline.Runtime()
     conn, cursor = rt.connector(INSTANCE), None

@@ -16,17 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 from sqlalchemy import func, select, update
 
-from hubbridge.config.loader import load_config
 from hubbridge.config.models import ConnectorInstance, RateLimit
-from hubbridge.config.settings import Settings, get_settings
 from hubbridge.connectors.bartec import BartecSimulator
 from hubbridge.connectors.simulator import Request, Response
 from hubbridge.workflows import pipeline, retry
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.demo import _credential_names, demo_environment
 from hubbridge.workflows.store import (
     CaseRow,
     EventRow,
@@ -37,7 +33,7 @@ from hubbridge.workflows.store import (
 )
 
 from .conftest import Rig
-from .stack import write_config
+from .stack import connectors_yaml, use_config, write_config
 
 INSTANCE = "refuse-bromsgrove"
 
@@ -253,17 +249,9 @@ def limited_rig(tmp_path: Path, sims: tuple[Any, Any], monkeypatch: pytest.Monke
     hub.reset()
     bartec.faults.clear()
     cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
-    yaml = YAML()
-    conns = yaml.load((cfg / "connectors.yaml").read_text())
-    conns["connectors"][INSTANCE]["rate_limit"] = limits
-    with (cfg / "connectors.yaml").open("w") as fh:
-        yaml.dump(conns, fh)
-    env = demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg))))
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HUBBRIDGE_CONFIG_DIR", str(cfg))
-    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", url)
-    get_settings.cache_clear()
+    with connectors_yaml(cfg) as conns:
+        conns["connectors"][INSTANCE]["rate_limit"] = limits
+    use_config(monkeypatch, cfg, url)
     return Rig(pipeline.Runtime(), hub, bartec)
 
 

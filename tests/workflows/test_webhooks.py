@@ -15,20 +15,19 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from ruamel.yaml import YAML
 from sqlalchemy import func, select
 
 from hubbridge.config.loader import load_config
-from hubbridge.config.settings import Settings, get_settings
+from hubbridge.config.settings import Settings
 from hubbridge.connectors.hub import HubSimulator
 from hubbridge.signing import sign
 from hubbridge.workflows import pipeline
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.demo import DEMO_SECRETS, _credential_names, demo_environment, simulator_for
+from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
 from hubbridge.workflows.store import HubUpdateRow, LinkRow, SeenUpdateRow, session_scope
 
-from .stack import write_config
+from .stack import connectors_yaml, use_config, write_config
 
 SECRET = "planning-webhook-secret"
 _serials = itertools.count(800_001, 100)
@@ -66,20 +65,13 @@ def planning(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -
     cfg_dir = write_config(tmp_path / "config", hub.endpoint, {"planning": "http://127.0.0.1:1/"}, ["planning"])
     config = load_config(cfg_dir, Settings(config_dir=cfg_dir))
     sim = simulator_for("planning", 0, config).start()
-    yaml = YAML()
-    conns = yaml.load((cfg_dir / "connectors.yaml").read_text())
-    for name, inst in conns["connectors"].items():
-        inst["endpoint"] = inst["endpoint"].replace("http://127.0.0.1:1", sim.url.rstrip("/"))
-        if name != "planning-wychavon":  # one instance left without webhooks
-            inst["webhook_secret_env"] = secret_env(name)
-            monkeypatch.setenv(secret_env(name), SECRET)
-    with (cfg_dir / "connectors.yaml").open("w") as fh:
-        yaml.dump(conns, fh)
-    for k, v in demo_environment(_credential_names(config)).items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HUBBRIDGE_CONFIG_DIR", str(cfg_dir))
-    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", sqlite_url)
-    get_settings.cache_clear()
+    with connectors_yaml(cfg_dir) as conns:
+        for name, inst in conns["connectors"].items():
+            inst["endpoint"] = inst["endpoint"].replace("http://127.0.0.1:1", sim.url.rstrip("/"))
+            if name != "planning-wychavon":  # one instance left without webhooks
+                inst["webhook_secret_env"] = secret_env(name)
+                monkeypatch.setenv(secret_env(name), SECRET)
+    use_config(monkeypatch, cfg_dir, sqlite_url)
     rt = pipeline.Runtime()
     yield Planning(rt, sim, hub)
     rt.close()
