@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "var" / "bench"
@@ -128,23 +128,9 @@ class SimulatorProcess:
 
 def write_config(dest: Path, hub_url: str, plugin_urls: dict[str, str], *, poll_seconds: float = 5.0) -> Path:
     """Copy the shipped config with every endpoint pointed at the simulators on their ephemeral ports."""
-    from ruamel.yaml import YAML
+    from hubbridge.workflows.demo import simulator_config
 
-    from hubbridge.config.settings import SHIPPED_CONFIG_DIR
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in SHIPPED_CONFIG_DIR.glob("*.yaml"):
-        shutil.copy(f, dest / f.name)
-    yaml = YAML()
-    conns = yaml.load((dest / "connectors.yaml").read_text())
-    conns["hub"]["endpoint"] = hub_url
-    for inst in conns["connectors"].values():
-        base, old = urlsplit(plugin_urls[inst["plugin"]]), urlsplit(inst["endpoint"])
-        inst["endpoint"] = urlunsplit((base.scheme, base.netloc, old.path, "", ""))
-        inst["poll_seconds"] = poll_seconds
-    with (dest / "connectors.yaml").open("w") as fh:
-        yaml.dump(conns, fh)
-    return dest
+    return simulator_config(dest, hub_url, plugin_urls, instance={"poll_seconds": poll_seconds})
 
 
 # -- store and broker for one run -----------------------------------------------------------------

@@ -77,6 +77,49 @@ def start_simulators(config: Any, tick_seconds: float = 3.0) -> list[Any]:
     return sims
 
 
+def simulator_config(
+    dest: Path,
+    hub_url: str,
+    plugin_urls: dict[str, str],
+    *,
+    plugins: set[str] | None = None,
+    instance: dict[str, Any] | None = None,
+) -> Path:
+    """Copy the shipped config into `dest` with every endpoint on simulators at `plugin_urls` (any ports).
+
+    `plugins` keeps only those plugins' instances and routes; `instance` sets keys on every instance kept.
+    """
+    import shutil
+    from urllib.parse import urlsplit, urlunsplit
+
+    from ruamel.yaml import YAML
+
+    from hubbridge.config.settings import SHIPPED_CONFIG_DIR
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in SHIPPED_CONFIG_DIR.glob("*.yaml"):
+        shutil.copy(f, dest / f.name)
+    yaml = YAML()
+    conns = yaml.load((dest / "connectors.yaml").read_text())
+    conns["hub"]["endpoint"] = hub_url
+    for name in list(conns["connectors"]):
+        inst = conns["connectors"][name]
+        if plugins is not None and inst["plugin"] not in plugins:
+            del conns["connectors"][name]
+            continue
+        base, old = urlsplit(plugin_urls[inst["plugin"]]), urlsplit(inst["endpoint"])
+        inst["endpoint"] = urlunsplit((base.scheme, base.netloc, old.path, "", ""))
+        inst.update(instance or {})
+    with (dest / "connectors.yaml").open("w") as fh:
+        yaml.dump(conns, fh)
+    if plugins is not None:
+        routes = yaml.load((dest / "routes.yaml").read_text())
+        routes["routes"] = [r for r in routes["routes"] if r["connector"] in conns["connectors"]]
+        with (dest / "routes.yaml").open("w") as fh:
+            yaml.dump(routes, fh)
+    return dest
+
+
 def _tenant(endpoint: str) -> str:
     from urllib.parse import urlsplit
 

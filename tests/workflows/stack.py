@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,44 +13,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ruamel.yaml import YAML
 from sqlalchemy import func, select
 
-from hubbridge.config.settings import SHIPPED_CONFIG_DIR
-from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
+from hubbridge.workflows.demo import DEMO_SECRETS, simulator_config, simulator_for
 from hubbridge.workflows.store import CaseRow, session_scope
 
 
 def write_config(dest: Path, hub_url: str, plugin_urls: dict[str, str], plugins: Iterable[str]) -> Path:
-    """Copy the shipped config, keep only routes of `plugins`, and point endpoints at the simulators."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in SHIPPED_CONFIG_DIR.glob("*.yaml"):
-        shutil.copy(f, dest / f.name)
-    yaml = YAML()
-    conns = yaml.load((dest / "connectors.yaml").read_text())
-    conns["hub"]["endpoint"] = hub_url
-    keep = set(plugins)
-    for name in list(conns["connectors"]):
-        inst = conns["connectors"][name]
-        if inst["plugin"] not in keep:
-            del conns["connectors"][name]
-            continue
-        base = urlsplit(plugin_urls[inst["plugin"]])
-        old = urlsplit(inst["endpoint"])
-        inst["endpoint"] = urlunsplit((base.scheme, base.netloc, old.path, "", ""))
-        inst["poll_seconds"] = 1
-        inst["timeouts"] = {"connect": 2, "read": 3}
-        inst["retry"] = {"max_attempts": 30, "base_seconds": 0.5, "max_seconds": 5}
-        inst["circuit"] = {"failure_threshold": 50, "reset_seconds": 2}
-    with (dest / "connectors.yaml").open("w") as fh:
-        yaml.dump(conns, fh)
-    routes = yaml.load((dest / "routes.yaml").read_text())
-    routes["routes"] = [r for r in routes["routes"] if r["connector"] in conns["connectors"]]
-    with (dest / "routes.yaml").open("w") as fh:
-        yaml.dump(routes, fh)
-    return dest
+    """The shipped config with only `plugins`' routes, pointed at the simulators, with test-sized timings."""
+    return simulator_config(dest, hub_url, plugin_urls, plugins=set(plugins), instance={
+        "poll_seconds": 1,
+        "timeouts": {"connect": 2, "read": 3},
+        "retry": {"max_attempts": 30, "base_seconds": 0.5, "max_seconds": 5},
+        "circuit": {"failure_threshold": 50, "reset_seconds": 2},
+    })
 
 
 @contextmanager
