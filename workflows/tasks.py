@@ -15,13 +15,17 @@ from hubbridge.workflows.retry import QUEUE_RETRY_MAX_SECONDS
 log = structlog.get_logger(__name__)
 
 
-def _priority_of(hub_ref: str) -> int:
+def _priorities(hub_refs: list[str]) -> dict[str, int]:
+    """Each case's queue priority (raised by the SLA sweep), in one query for a whole sweep's refs."""
     from sqlalchemy import select
 
     from hubbridge.workflows.store import CaseRow, session_scope
 
+    if not hub_refs:
+        return {}
     with session_scope(pipeline.runtime().url) as s:
-        return int(s.scalar(select(CaseRow.queue_priority).where(CaseRow.hub_ref == hub_ref)) or 0)
+        rows = s.execute(select(CaseRow.hub_ref, CaseRow.queue_priority).where(CaseRow.hub_ref.in_(hub_refs)))
+        return {ref: int(priority or 0) for ref, priority in rows}
 
 
 def enqueue_delivery(hub_ref: str, priority: int = 0) -> None:
@@ -80,10 +84,11 @@ def poll_connector(self: Task, name: str) -> str:
 def reconcile() -> dict[str, Any]:
     rt = pipeline.runtime()
     sweep = pipeline.reconcile(rt)
+    priority = _priorities(sorted({*sweep.deliver, *sweep.push}))
     for ref in sweep.deliver:
-        enqueue_delivery(ref, priority=_priority_of(ref))
+        enqueue_delivery(ref, priority=priority.get(ref, 0))
     for ref in sweep.push:
-        enqueue_push(ref, priority=_priority_of(ref))
+        enqueue_push(ref, priority=priority.get(ref, 0))
     _publish_escalations(rt)
     if sweep.deliver or sweep.push:
         log.info("reconcile", requeued=len(sweep.deliver), pushes=len(sweep.push))
