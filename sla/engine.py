@@ -109,15 +109,18 @@ class SlaEngine:
         *,
         policy: str | None = None,
         escalation: str | None = None,
+        new: bool = False,
     ) -> list[SlaClockRow]:
         """Create the case's clocks (idempotent) and start those whose rules start on `routed`.
 
         `policy` defaults to the service key; `escalation` (a route's override) replaces the policy's.
+        `new=True` says the case was created in this transaction, so it has no clocks to look for.
         """
         at = _utc(at)
-        existing = self.clocks_of(session, hub_ref)
-        if existing:
-            return existing
+        if not new:
+            existing = self.clocks_of(session, hub_ref)
+            if existing:
+                return existing
         key = policy or service
         prio = Priority(priority)
         rows = []
