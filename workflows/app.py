@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_prerun, worker_process_init
+from celery.signals import setup_logging, task_prerun, worker_init, worker_process_init
 
 from hubbridge.config.settings import Settings, get_settings
 from hubbridge.workflows.broker import queue_declarations
@@ -79,6 +79,22 @@ def _logging(**_: Any) -> None:
 
     s = get_settings()
     configure_logging(s.log_format, s.log_level)
+
+
+@worker_init.connect
+def _warm_before_fork(**_: Any) -> None:
+    # Config, SLA policies, connectors and compiled mappings take seconds to load: load them once here, in the
+    # worker's main process, so every pool process starts with them (copy-on-write) instead of each paying on
+    # its first cases. gc.freeze keeps the collector from touching, and so copying, those shared pages.
+    import gc
+
+    import structlog
+
+    from hubbridge.workflows import pipeline
+
+    routes = pipeline.runtime().warm()
+    gc.freeze()
+    structlog.get_logger(__name__).info("worker.warm", routes=routes)
 
 
 @worker_process_init.connect

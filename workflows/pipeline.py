@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -70,6 +71,7 @@ class Outcome:
     retry_in: float | None = None
     push: list[str] = field(default_factory=list)
     more: bool = False
+    updates: list[Any] = field(default_factory=list)  # outbox rows just written: all `push`'s single case has
 
 
 class Runtime:
@@ -116,6 +118,22 @@ class Runtime:
         if targets is None:  # a connector's fields do not change while it lives; some build them per call
             targets = self._targets[conn.name] = conn.target_fields()
         return route, conn, self.mappings.get(route.mapping_path, targets)
+
+    def warm(self) -> int:
+        """Load the SLA policies, every connector and every route's mapping now; returns the routes loaded.
+
+        A worker does this once before it forks its pool, so no process pays for it on its first cases. A
+        route that cannot load is left for its cases to dead-letter with the reason.
+        """
+        _ = self.sla, self.hub
+        loaded = 0
+        for authority, service in self.config.routes:
+            try:
+                self.mapping_for(authority, service)
+                loaded += 1
+            except Exception as exc:  # one broken route must not keep the worker from starting
+                log.warning("runtime.route_not_loaded", authority=authority, service=service, error=str(exc)[:300])
+        return loaded
 
     def close(self) -> None:
         for conn in self._connectors.values():
@@ -260,10 +278,11 @@ def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str 
             mapping=str(route.mapping_path.name),
             sla_policy=route.sla_policy,
         )
-        rt.sla.start(s, case.ref, case.service, case.authority, case.priority.value, now,
-                     policy=route.sla_policy, escalation=route.escalation)
         try:
+            # a second intake of the same case racing this one fails here, on the unique hub_ref
             s.flush()
+            rt.sla.start(s, case.ref, case.service, case.authority, case.priority.value, now,
+                         policy=route.sla_policy, escalation=route.escalation, new=True)
         except IntegrityError:
             s.rollback()
             return Accepted(case.ref, duplicate=True)
@@ -385,7 +404,7 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
         row.last_error = None
         row.next_attempt_at = None
         row.attempts = attempts + 1
-        _set_status(
+        outbox = _set_status(
             rt,
             s,
             row,
@@ -406,7 +425,8 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
             warnings=translation.warnings,
         )
     log.info("case.delivered", hub_ref=hub_ref, connector=conn.name, backoffice_ref=result.backoffice_ref)
-    return Outcome("done", result.backoffice_ref, push=[hub_ref])
+    # the case's first update is all it has to push: hand it over so the push need not read it back
+    return Outcome("done", result.backoffice_ref, push=[hub_ref], updates=[outbox] if outbox.sequence == 1 else [])
 
 
 def _retry_later(
@@ -494,8 +514,8 @@ def _set_status(
     note: str | None = None,
     resolution: str | None = None,
     source: str | None = None,
-) -> int:
-    """Change a case's Hub status and queue the update for the Hub in the same transaction."""
+) -> HubUpdateRow:
+    """Change a case's Hub status and queue the update for the Hub in the same transaction; returns the outbox row."""
     seq = (s.scalar(select(func.max(HubUpdateRow.sequence)).where(HubUpdateRow.hub_ref == row.hub_ref)) or 0) + 1
     update_ = CaseUpdate(
         ref=row.hub_ref,
@@ -507,78 +527,114 @@ def _set_status(
         source=source,
         occurred_at=at,
     )
-    s.add(
-        HubUpdateRow(
-            hub_ref=row.hub_ref,
-            sequence=seq,
-            status=status.value,
-            payload=update_.model_dump(mode="json", exclude_none=True),
-            created_at=utcnow(),
-        )
+    outbox = HubUpdateRow(
+        hub_ref=row.hub_ref,
+        sequence=seq,
+        status=status.value,
+        payload=update_.model_dump(mode="json", exclude_none=True),
+        created_at=utcnow(),
+        attempts=0,
     )
+    s.add(outbox)
     previous = row.status
     row.status = status.value
     row.status_at = at
     if previous != status.value:
         rt.sla.on_status(s, row.hub_ref, status, at)
-    return seq
+    return outbox
 
 
-def push_hub(rt: Runtime, hub_ref: str) -> Outcome:
-    """Send a case's pending updates to the Hub in sequence order, stopping at the first that fails."""
-    with session_scope(rt.url) as s:
-        pending = s.scalars(
-            select(HubUpdateRow)
-            .where(HubUpdateRow.hub_ref == hub_ref, HubUpdateRow.pushed_at.is_(None))
-            .order_by(HubUpdateRow.sequence)
-        ).all()
-    sent = 0
-    for row in pending:
-        upd = CaseUpdate.model_validate(row.payload)
-        try:
-            rt.hub.push_update(upd)
-        except TransientError as exc:
-            delay = retry.backoff(retry.HUB_RETRY, row.attempts + 1, exc.retry_after)
-            with session_scope(rt.url) as s:
-                s.execute(
-                    update(HubUpdateRow)
-                    .where(HubUpdateRow.id == row.id)
-                    .values(
-                        attempts=HubUpdateRow.attempts + 1,
-                        last_error=str(exc)[:2000],
-                        next_attempt_at=utcnow() + timedelta(seconds=delay),
-                    )
-                )
-            log.warning("hub.push.retry", hub_ref=hub_ref, sequence=row.sequence, error=str(exc)[:200])
-            return Outcome("retry", str(exc), retry_in=delay)
-        except ConnectorError as exc:
-            with session_scope(rt.url) as s:
-                s.execute(
-                    update(HubUpdateRow)
-                    .where(HubUpdateRow.id == row.id)
-                    .values(pushed_at=utcnow(), last_error=f"dead-lettered: {exc}"[:2000])
-                )
-                dead_letter(
-                    s, stage="push", reason="hub_refused", detail=str(exc), payload=row.payload, hub_ref=hub_ref
-                )
-            continue
+def push_hub(rt: Runtime, hub_ref: str, pending: Sequence[HubUpdateRow] | None = None) -> Outcome:
+    """Send a case's pending updates to the Hub in sequence order, stopping at the first that fails.
+
+    `pending` is the case's unpushed outbox rows when the caller has just written them (so they need no read).
+    """
+    return push_cases(rt, [hub_ref], pending)[hub_ref]
+
+
+def push_cases(
+    rt: Runtime, hub_refs: Sequence[str], pending: Sequence[HubUpdateRow] | None = None
+) -> dict[str, Outcome]:
+    """Push several cases' pending updates, each case in sequence order, and record them in one transaction.
+
+    A transient Hub failure stops the batch: that case and the untried ones come back as `retry`. A refused
+    update is dead-lettered and the case's later updates still go. The Hub is idempotent on (ref, sequence),
+    so updates pushed but not recorded (a crash before the commit) are simply sent again.
+    """
+    refs = list(dict.fromkeys(hub_refs))
+    if pending is None:
         with session_scope(rt.url) as s:
-            s.execute(update(HubUpdateRow).where(HubUpdateRow.id == row.id).values(pushed_at=utcnow(), last_error=None))
+            pending = s.scalars(
+                select(HubUpdateRow)
+                .where(HubUpdateRow.hub_ref.in_(refs), HubUpdateRow.pushed_at.is_(None))
+                .order_by(HubUpdateRow.hub_ref, HubUpdateRow.sequence)
+            ).all()
+    by_ref: dict[str, list[HubUpdateRow]] = {ref: [] for ref in refs}
+    for row in pending:
+        by_ref.setdefault(row.hub_ref, []).append(row)
+    outcomes: dict[str, Outcome] = {}
+    sent: list[int] = []
+    acks: dict[str, CaseUpdate] = {}  # ref -> its first pushed update carrying the back-office reference
+    refused: list[tuple[HubUpdateRow, ConnectorError]] = []
+    failed: tuple[HubUpdateRow, TransientError, float] | None = None
+    for ref, rows in by_ref.items():
+        if failed is not None:
+            outcomes[ref] = Outcome("retry", f"not tried: the Hub failed on {failed[0].hub_ref}", retry_in=failed[2])
+            continue
+        count = 0
+        for row in rows:
+            upd = CaseUpdate.model_validate(row.payload)
+            try:
+                rt.hub.push_update(upd)
+            except TransientError as exc:
+                failed = (row, exc, retry.backoff(retry.HUB_RETRY, row.attempts + 1, exc.retry_after))
+                log.warning("hub.push.retry", hub_ref=ref, sequence=row.sequence, error=str(exc)[:200])
+                break
+            except ConnectorError as exc:
+                refused.append((row, exc))
+                continue
+            sent.append(row.id)
+            count += 1
             # Any update carrying the back-office ref acknowledges it, not only DELIVERED: when a worker dies
             # between the back office taking a case and our link commit, the sync mends the link and the
             # first update the Hub gets is the back office's own (acknowledged, in progress...).
-            if upd.backoffice_ref:
-                acked = s.execute(
-                    update(CaseRow)
-                    .where(CaseRow.hub_ref == hub_ref, CaseRow.stage == "delivered")
-                    .values(stage="acknowledged")
-                ).rowcount
-                if acked:
-                    record_event(
-                        s, hub_ref, "hub.acknowledged", sequence=upd.sequence, backoffice_ref=upd.backoffice_ref
-                    )
-        sent += 1
-    return Outcome("done", f"{sent} sent")
+            if upd.backoffice_ref and ref not in acks:
+                acks[ref] = upd
+        outcomes[ref] = (Outcome("retry", str(failed[1]), retry_in=failed[2]) if failed is not None and
+                         failed[0].hub_ref == ref else Outcome("done", f"{count} sent"))
+    if not (sent or refused or failed):
+        return outcomes
+    now = utcnow()
+    with session_scope(rt.url) as s:
+        if sent:
+            s.execute(update(HubUpdateRow).where(HubUpdateRow.id.in_(sent)).values(pushed_at=now, last_error=None))
+        for row, exc in refused:
+            s.execute(
+                update(HubUpdateRow)
+                .where(HubUpdateRow.id == row.id)
+                .values(pushed_at=now, last_error=f"dead-lettered: {exc}"[:2000])
+            )
+            dead_letter(s, stage="push", reason="hub_refused", detail=str(exc), payload=row.payload,
+                        hub_ref=row.hub_ref)
+        if failed is not None:
+            row, exc, delay = failed
+            s.execute(
+                update(HubUpdateRow)
+                .where(HubUpdateRow.id == row.id)
+                .values(attempts=HubUpdateRow.attempts + 1, last_error=str(exc)[:2000],
+                        next_attempt_at=now + timedelta(seconds=delay))
+            )
+        if acks:
+            acked = s.scalars(
+                update(CaseRow)
+                .where(CaseRow.hub_ref.in_(list(acks)), CaseRow.stage == "delivered")
+                .values(stage="acknowledged")
+                .returning(CaseRow.hub_ref)
+            ).all()
+            for ref in acked:
+                upd = acks[ref]
+                record_event(s, ref, "hub.acknowledged", sequence=upd.sequence, backoffice_ref=upd.backoffice_ref)
+    return outcomes
 
 
 # -- sync back ------------------------------------------------------------------------------------

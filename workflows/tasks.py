@@ -52,7 +52,7 @@ def deliver_case(self: Task, hub_ref: str) -> str:
         # acknowledge the Hub in this task: one task per case, not two. If it cannot, the outbox row
         # stays pending and the queued push (or reconcile) takes it.
         try:
-            if pipeline.push_hub(rt, hub_ref).kind == "done":
+            if pipeline.push_hub(rt, hub_ref, outcome.updates or None).kind == "done":
                 outcome.push = []
         except Exception as exc:
             log.warning("deliver.inline_push_failed", hub_ref=hub_ref, error=str(exc)[:200])
@@ -72,9 +72,19 @@ def push_hub(self: Task, hub_ref: str) -> str:
 
 @app.task(name="hubbridge.poll_connector", bind=True, max_retries=None)
 def poll_connector(self: Task, name: str) -> str:
-    outcome = pipeline.poll_connector(pipeline.runtime(), name)
-    for ref in outcome.push:
-        enqueue_push(ref)
+    rt = pipeline.runtime()
+    outcome = pipeline.poll_connector(rt, name)
+    if outcome.push:
+        # the page's Hub updates go out from this task, recorded in one transaction; a case the Hub could not
+        # take now gets a push task of its own, which retries with backoff
+        try:
+            pushed = pipeline.push_cases(rt, outcome.push)
+            left = [ref for ref in outcome.push if pushed[ref].kind != "done"]
+        except Exception as exc:
+            log.warning("sync.inline_push_failed", connector=name, error=str(exc)[:200])
+            left = outcome.push
+        for ref in left:
+            enqueue_push(ref)
     if outcome.more:
         poll_connector.apply_async(args=[name])
     return outcome.kind

@@ -204,3 +204,87 @@ def test_reconcile_requeues_lost_work(rig: Rig) -> None:
     pipeline.deliver_case(rig.rt, ref)
     sweep = pipeline.reconcile(rig.rt, now=later + timedelta(seconds=rig.rt.settings.reconcile_after_seconds + 1))
     assert ref in sweep.push  # its Hub update was never pushed
+
+
+class Commits:
+    """Counts the store's commits while it is open, to show how many transactions a step took."""
+
+    def __init__(self, rig: Rig) -> None:
+        from hubbridge.workflows.store import engine_for
+
+        self.engine, self.n = engine_for(rig.url), 0
+
+    def _count(self, *_: object) -> None:
+        self.n += 1
+
+    def __enter__(self) -> Commits:
+        from sqlalchemy import event
+
+        event.listen(self.engine, "commit", self._count)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        from sqlalchemy import event
+
+        event.remove(self.engine, "commit", self._count)
+
+
+def test_one_push_sends_several_cases_and_records_them_in_one_transaction(rig: Rig) -> None:
+    refs = [accept(rig, c) for c in missed_bins(3, seed=21)]
+    for ref in refs:
+        assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+    with Commits(rig) as commits:
+        outcomes = pipeline.push_cases(rig.rt, refs)
+    assert {ref: o.kind for ref, o in outcomes.items()} == dict.fromkeys(refs, "done")
+    assert commits.n == 2  # one read of the pending updates, one write of what was sent
+    for ref in refs:
+        assert row(rig, ref).stage == "acknowledged"
+        assert [u["status"] for u in rig.hub.updates_for(ref)] == ["delivered"]
+    with session_scope(rig.url) as s:
+        assert s.scalar(select(func.count()).select_from(HubUpdateRow).where(
+            HubUpdateRow.hub_ref.in_(refs), HubUpdateRow.pushed_at.is_(None))) == 0
+    assert pipeline.push_cases(rig.rt, refs) == dict.fromkeys(refs, pipeline.Outcome("done", "0 sent"))
+
+
+def test_a_hub_failure_stops_the_batch_and_leaves_every_untried_case_pending(rig: Rig) -> None:
+    refs = [accept(rig, c) for c in missed_bins(3, seed=22)]
+    for ref in refs:
+        pipeline.deliver_case(rig.rt, ref)
+    rig.hub.faults.next("error500")  # the first push fails, the Hub is fine afterwards
+    outcomes = pipeline.push_cases(rig.rt, refs)
+    assert [outcomes[ref].kind for ref in refs] == ["retry", "retry", "retry"]
+    assert all(outcomes[ref].retry_in for ref in refs)
+    with session_scope(rig.url) as s:
+        pending = s.scalars(select(HubUpdateRow).where(HubUpdateRow.hub_ref.in_(refs))
+                            .order_by(HubUpdateRow.hub_ref)).all()
+    assert [u.pushed_at for u in pending] == [None, None, None]
+    assert [u.attempts for u in pending] == [1, 0, 0]  # only the one the Hub failed counts an attempt
+    assert all(rig.hub.updates_for(ref) == [] for ref in refs)
+    assert all(o.kind == "done" for o in pipeline.push_cases(rig.rt, refs).values())
+    assert all(row(rig, ref).stage == "acknowledged" for ref in refs)
+
+
+def test_a_refused_update_is_dead_lettered_and_the_rest_of_the_batch_goes(rig: Rig) -> None:
+    refs = [accept(rig, c) for c in missed_bins(2, seed=23)]
+    for ref in refs:
+        pipeline.deliver_case(rig.rt, ref)
+    rig.hub._known = {refs[1]}  # the Hub does not know the first case: HTTP 404, refused
+    try:
+        outcomes = pipeline.push_cases(rig.rt, refs)
+    finally:
+        rig.hub._known = None
+    assert outcomes[refs[0]].kind == "done" and outcomes[refs[1]].kind == "done"
+    assert row(rig, refs[0]).stage == "delivered" and row(rig, refs[1]).stage == "acknowledged"
+    with session_scope(rig.url) as s:
+        dead = s.scalars(select(DeadLetterRow).where(DeadLetterRow.hub_ref.in_(refs))).all()
+    assert [(d.hub_ref, d.stage, d.reason) for d in dead] == [(refs[0], "push", "hub_refused")]
+
+
+def test_delivery_hands_its_first_update_to_the_push_which_reads_nothing_back(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1, seed=24)[0])
+    out = pipeline.deliver_case(rig.rt, ref)
+    assert [u.sequence for u in out.updates] == [1]
+    with Commits(rig) as commits:
+        assert pipeline.push_hub(rig.rt, ref, out.updates).kind == "done"
+    assert commits.n == 1
+    assert row(rig, ref).stage == "acknowledged" and rig.hub.backoffice_ref(ref)
