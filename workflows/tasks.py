@@ -7,12 +7,22 @@ from typing import Any
 import structlog
 from celery import Task
 from celery.exceptions import Retry
+from sqlalchemy.exc import OperationalError
 
 from hubbridge.workflows import pipeline
 from hubbridge.workflows.app import app
 from hubbridge.workflows.retry import QUEUE_RETRY_MAX_SECONDS
 
 log = structlog.get_logger(__name__)
+
+# A store connection dropped under a task (a PostgreSQL restart, a failover) fails that one transaction; every
+# step is idempotent, so the task simply runs again shortly rather than waiting for beat's reconcile sweep.
+STORE_RETRY: dict[str, Any] = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": int(QUEUE_RETRY_MAX_SECONDS),
+    "retry_jitter": True,
+}
 
 
 def _priorities(hub_refs: list[str]) -> dict[str, int]:
@@ -44,7 +54,7 @@ def _after(task: Task, outcome: pipeline.Outcome, *, hub_ref: str | None = None)
         raise task.retry(countdown=outcome.retry_in, max_retries=None)
 
 
-@app.task(name="hubbridge.deliver_case", bind=True, max_retries=None)
+@app.task(name="hubbridge.deliver_case", bind=True, max_retries=None, **STORE_RETRY)
 def deliver_case(self: Task, hub_ref: str) -> str:
     rt = pipeline.runtime()
     outcome = pipeline.deliver_case(rt, hub_ref)
@@ -63,14 +73,14 @@ def deliver_case(self: Task, hub_ref: str) -> str:
     return outcome.kind
 
 
-@app.task(name="hubbridge.push_hub", bind=True, max_retries=None)
+@app.task(name="hubbridge.push_hub", bind=True, max_retries=None, **STORE_RETRY)
 def push_hub(self: Task, hub_ref: str) -> str:
     outcome = pipeline.push_hub(pipeline.runtime(), hub_ref)
     _after(self, outcome, hub_ref=hub_ref)
     return outcome.kind
 
 
-@app.task(name="hubbridge.poll_connector", bind=True, max_retries=None)
+@app.task(name="hubbridge.poll_connector", bind=True, max_retries=None, **STORE_RETRY)
 def poll_connector(self: Task, name: str) -> str:
     rt = pipeline.runtime()
     outcome = pipeline.poll_connector(rt, name)
