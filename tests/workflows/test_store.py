@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from hubbridge.workflows import store
-from hubbridge.workflows.store import engine_for, session_scope
+from hubbridge.workflows.store import session_scope
 
 
 def _backend_pid(url: str) -> int:
