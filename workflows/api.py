@@ -17,6 +17,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from hubbridge.connectors.base import connector_class
 from hubbridge.errors import CaseValidationError, ConnectorError, SecurityError
@@ -58,21 +59,8 @@ def create_app(rt: pipeline.Runtime | None = None, *, enqueue: bool = True) -> F
         if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
             raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
-    @api.post("/cases", status_code=202)
-    async def intake(request: Request) -> JSONResponse:
-        body = await read_body(request)
-        secret = os.environ.get(runtime().settings.intake_secret_env)
-        if not secret:
-            INTAKE.labels("refused").inc()
-            raise HTTPException(503, f"intake is disabled until {runtime().settings.intake_secret_env} is set")
-        from hubbridge.signing import verify
-
-        try:
-            verify(request.headers, body, secret)
-        except SecurityError as exc:
-            INTAKE.labels("unsigned").inc()
-            log.warning("intake.refused", reason=str(exc))
-            raise HTTPException(401, str(exc)) from None
+    def take_case(body: bytes) -> JSONResponse:
+        """Store, route and queue one verified case."""
         rt = runtime()
         try:
             accepted = pipeline.accept_case(rt, body, channel="api")
@@ -100,6 +88,25 @@ def create_app(rt: pipeline.Runtime | None = None, *, enqueue: bool = True) -> F
             content={"ref": accepted.hub_ref, "status": "duplicate" if accepted.duplicate else "accepted"},
         )
 
+    @api.post("/cases", status_code=202)
+    async def intake(request: Request) -> JSONResponse:
+        body = await read_body(request)
+        secret = os.environ.get(runtime().settings.intake_secret_env)
+        if not secret:
+            INTAKE.labels("refused").inc()
+            raise HTTPException(503, f"intake is disabled until {runtime().settings.intake_secret_env} is set")
+        from hubbridge.signing import verify
+
+        try:
+            verify(request.headers, body, secret)
+        except SecurityError as exc:
+            INTAKE.labels("unsigned").inc()
+            log.warning("intake.refused", reason=str(exc))
+            raise HTTPException(401, str(exc)) from None
+        # storing and queueing block on PostgreSQL and RabbitMQ: in the threadpool, not on the event loop,
+        # so one slow commit or publisher confirm does not hold up every other request
+        return await run_in_threadpool(take_case, body)
+
     @api.get("/cases/{ref}")
     def case_status(ref: str, request: Request) -> dict[str, Any]:
         require_token(request)
@@ -109,6 +116,30 @@ def create_app(rt: pipeline.Runtime | None = None, *, enqueue: bool = True) -> F
         if trail is None:
             raise HTTPException(404, f"no case {ref}")
         return trail
+
+    def take_updates(connector: str, updates: list[Any]) -> JSONResponse:
+        """Take a verified webhook's updates through the same once-only path as polled ones and queue the pushes."""
+        rt = runtime()
+        touched: set[str] = set()
+        for upd in updates:
+            try:
+                ref = pipeline.take_update(rt, connector, upd)
+            except IntegrityError:  # the poller (or a concurrent delivery of this webhook) took it first
+                continue
+            if ref:
+                touched.add(ref)
+        touched.update(pipeline.raise_pending(rt, connector))
+        if enqueue and touched:
+            from hubbridge.workflows.tasks import enqueue_push
+
+            for ref in sorted(touched):
+                try:
+                    enqueue_push(ref)
+                except Exception as exc:  # the outbox row is stored; reconcile will push it
+                    log.warning("webhook.enqueue_failed", hub_ref=ref, error=str(exc)[:200])
+        WEBHOOKS.labels("accepted").inc()
+        log.info("webhook.taken", connector=connector, updates=len(updates), hub_updates=len(touched))
+        return JSONResponse(status_code=200, content={"received": len(updates), "cases": sorted(touched)})
 
     @api.post("/webhooks/{connector}")
     async def webhook(connector: str, request: Request) -> JSONResponse:
@@ -138,26 +169,7 @@ def create_app(rt: pipeline.Runtime | None = None, *, enqueue: bool = True) -> F
         except ConnectorError as exc:
             WEBHOOKS.labels("invalid").inc()
             raise HTTPException(422, str(exc)) from None
-        touched: set[str] = set()
-        for upd in updates:
-            try:
-                ref = pipeline.take_update(rt, connector, upd)
-            except IntegrityError:  # the poller (or a concurrent delivery of this webhook) took it first
-                continue
-            if ref:
-                touched.add(ref)
-        touched.update(pipeline.raise_pending(rt, connector))
-        if enqueue and touched:
-            from hubbridge.workflows.tasks import enqueue_push
-
-            for ref in sorted(touched):
-                try:
-                    enqueue_push(ref)
-                except Exception as exc:  # the outbox row is stored; reconcile will push it
-                    log.warning("webhook.enqueue_failed", hub_ref=ref, error=str(exc)[:200])
-        WEBHOOKS.labels("accepted").inc()
-        log.info("webhook.taken", connector=connector, updates=len(updates), hub_updates=len(touched))
-        return JSONResponse(status_code=200, content={"received": len(updates), "cases": sorted(touched)})
+        return await run_in_threadpool(take_updates, connector, updates)
 
     @api.get("/healthz")
     def healthz() -> dict[str, str]:
