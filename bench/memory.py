@@ -62,9 +62,15 @@ def run(
     tail = after_warm[-max(1, len(after_warm) // 10) :]
     base = sum(s[2] for s in head) / len(head)
     end = sum(s[2] for s in tail) / len(tail)
+    month = next((t for t, n, _ in samples if n >= 70_000), None)
+    duration = samples[-1][0] if samples else 0.0
     return {
         "cases": cases,
         "lost": lost,
+        # the soak is also the longest throughput run: cases settled per second over the whole of it,
+        # and when the 70,000th (a month of the Hub) had settled
+        "cases_per_s": round(len(samples) and samples[-1][1] / duration, 1) if duration else 0.0,
+        "minutes_to_70k": round(month / 60, 1) if month is not None else None,
         "samples": len(samples),
         "rss_after_warmup_mib": round(base / 1024, 1),
         "rss_end_mib": round(end / 1024, 1),
