@@ -69,7 +69,7 @@ def run(
         "lost": lost,
         # the soak is also the longest throughput run: cases settled per second over the whole of it,
         # and when the 70,000th (a month of the Hub) had settled
-        "cases_per_s": round(len(samples) and samples[-1][1] / duration, 1) if duration else 0.0,
+        "cases_per_s": round(samples[-1][1] / duration, 1) if duration else 0.0,
         "minutes_to_70k": round(month / 60, 1) if month is not None else None,
         "samples": len(samples),
         "rss_after_warmup_mib": round(base / 1024, 1),
