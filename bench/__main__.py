@@ -69,6 +69,16 @@ BENCHMARKS = (
         (f"worker RSS growth after warm-up ({r['cases']:,} cases)", f"{r['growth_pct']}%", "< 10%",
          r["growth_pct"] < 10),
         ("worker RSS after warm-up / end", f"{r['rss_after_warmup_mib']} / {r['rss_end_mib']} MiB", "", None),
+        (f"soak: {r['cases']:,} cases settled at", f"{r.get('cases_per_s')} cases/s", "", None),
+        ("soak: the 70,000th case settled after", f"{r.get('minutes_to_70k')} min", "< 3 min",
+         r.get("minutes_to_70k") is not None and r["minutes_to_70k"] < 3),
+    ]),
+    Benchmark("floor", "bench.floor", ("--n", "3000"), ("--n", "300"), lambda r: [
+        ("floor: least CPU a case can cost on this stack", f"{r['floor_cpu_ms_per_case']} ms", "", None),
+        ("floor: best CPU ratio any pipeline could reach", f"{r['best_cpu_ratio']}", ">= 0.5 reachable",
+         r["best_cpu_ratio"] >= 0.5),
+        ("floor: 70,000 cases on two cores at best", f"{r['best_month_70k_minutes']} min", "< 3 min reachable",
+         r["best_month_70k_minutes"] < 3),
     ]),
 )
 

@@ -50,3 +50,17 @@ def test_results_table_marks_targets_met_and_missed() -> None:
     assert rows["RabbitMQ + PostgreSQL: ratio to the ceiling"].endswith("| yes |")
     assert rows["RabbitMQ + PostgreSQL: 70,000 cases at that rate"].endswith("| no |")
     assert len(e2e_bench.rows(result)) == len(rows)
+
+
+@pytest.mark.services
+def test_floor_measures_each_piece_a_case_cannot_do_without() -> None:
+    from bench import floor
+
+    result = floor.run(30)
+    pieces = result["cpu_ms"]
+    assert result["ceiling"]["completed"] == 30  # the broker message is a real task, run by a real worker
+    assert pieces["broker_message"] > 0 and pieces["api_request_served"] > 0 and pieces["http_call_made"] > 0
+    assert pieces["store_commit"]["client"] > 0 and pieces["store_commit"]["postgresql"] >= 0
+    assert result["floor_cpu_ms_per_case"] == pytest.approx(
+        pieces["broker_message"] + pieces["api_request_served"] + 2 * pieces["http_call_made"]
+        + 2 * pieces["store_commit"]["total"], abs=0.05)
