@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from cachetools import LRUCache
 from lxml import etree
 
 from hubbridge.case import LONDON
@@ -33,6 +34,8 @@ CONNECTOR_FILLED = ("token", "ExternalReference")
 """Request fields the connector sets itself (the session token, and the Hub reference for look-ups)."""
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 INVALID_TOKEN = "Invalid Token"
+TYPE_CACHE_SIZE = 10_000
+"""Jobs whose service type is remembered per connector instance and process (one SOAP call saved per update)."""
 
 
 def _local(at: datetime) -> datetime:
@@ -100,7 +103,8 @@ class BartecConnector(Connector):
         self.note_type = str(instance.options.get("note_type", "General note"))
         self._token: str | None = None
         self._token_lock = threading.Lock()
-        self._type_of: dict[str, str] = {}  # ServiceCode -> ServiceTypeID; a job's type never changes
+        # ServiceCode -> ServiceTypeID (a job's type never changes), for the jobs with updates in flight
+        self._type_of: LRUCache[str, str] = LRUCache(maxsize=TYPE_CACHE_SIZE)
         self._statuses: dict[tuple[str, str], int] = {}  # (ServiceTypeID, status name) -> status ID
         self._note_type_id: int | None = None
         self._fields: dict[str, TargetField] | None = None
@@ -285,8 +289,6 @@ class BartecConnector(Connector):
             result = self._invoke("ServiceRequests_Get", ref=code, ServiceCode=code)
             for sr in result.ServiceRequest or []:
                 if sr.ServiceCode == code and sr.ServiceType is not None:
-                    if len(self._type_of) > 50_000:  # bounded: a cache, not a store
-                        self._type_of.clear()
                     self._type_of[code] = str(sr.ServiceType.ID)
         return self._type_of.get(code)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import requests
 import structlog
+from cachetools import LRUCache
 from pydantic import ValidationError
 
 from hubbridge.connectors.base import BackOfficeUpdate, Connector, CreateResult, Delivery, TargetField, UpdatePage
@@ -43,7 +43,8 @@ log = structlog.get_logger(__name__)
 
 MASK = "********"
 LOOKUP_CHUNK = 50
-CACHE_SIZE = 20000
+CACHE_SIZE = 5000
+"""Requests remembered per connector instance and process: enough for every request with updates in flight."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class Open311Connector(Connector):
         self.http = HttpClient(instance)
         self._api_key: str | None = None
         # service_request_id -> request record: hub_ref and service_code never change for a request
-        self._requests: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._requests: LRUCache[str, dict[str, Any]] = LRUCache(maxsize=CACHE_SIZE)
 
     # -- the Connector interface ---------------------------------------------------------------
     def target_fields(self) -> Mapping[str, TargetField]:
@@ -417,27 +418,37 @@ class Open311Connector(Connector):
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=self.server_tz)
 
     def _remember(self, sid: str, record: dict[str, Any]) -> None:
-        self._requests[sid] = record
-        self._requests.move_to_end(sid)
-        while len(self._requests) > CACHE_SIZE:
-            self._requests.popitem(last=False)
+        # Only a request carrying its Hub reference is remembered, and only what its updates need: a whole
+        # record (description, address) would hold residents' details in memory for no purpose. A request
+        # raised in the back office is fetched whole each time, for the details of the Hub case it becomes.
+        attrs = record.get("attributes")
+        hub_ref = attrs.get(self.ref_attribute) if isinstance(attrs, dict) else None
+        if hub_ref:
+            self._requests[sid] = {"service_request_id": sid, "service_code": record.get("service_code"),
+                                   "attributes": {self.ref_attribute: hub_ref}}
 
     def _lookup(self, ids: set[str]) -> dict[str, dict[str, Any]]:
         """The request records (hub_ref attribute, service_code) of the given ids, batched and cached."""
-        missing = sorted(i for i in ids if i not in self._requests)
+        found: dict[str, dict[str, Any]] = {}
+        for i in ids:
+            cached = self._requests.get(i)
+            if cached is not None:
+                found[i] = cached
+        missing = sorted(ids - found.keys())
         for start in range(0, len(missing), LOOKUP_CHUNK):
             chunk = missing[start:start + LOOKUP_CHUNK]
             rows = self._call("GET", "requests", params={"service_request_id": ",".join(chunk)},
                               what="request look-up for updates")
             for row in rows:
-                if isinstance(row, dict) and row.get("service_request_id") not in (None, ""):
+                if isinstance(row, dict) and str(row.get("service_request_id") or "") in chunk:
+                    found[str(row["service_request_id"])] = row
                     self._remember(str(row["service_request_id"]), row)
-        absent = [i for i in ids if i not in self._requests]
+        absent = sorted(ids - found.keys())
         if absent:
             # never guess: a missing record would make a Hub job look like one raised in the back office
             raise BadResponseError(f"updates name requests the back office does not return: {', '.join(absent)}",
                                    instance=self.name)
-        return {i: self._requests[i] for i in ids}
+        return found
 
     def _get_request(self, backoffice_ref: str) -> dict[str, Any]:
         rows = self._call("GET", f"requests/{quote(backoffice_ref, safe='')}", what=f"request {backoffice_ref}")

@@ -12,6 +12,7 @@ import requests
 from hubbridge.config.models import ConnectorInstance, Timeouts
 from hubbridge.connectors.base import Delivery, connector_class
 from hubbridge.connectors.open311 import Open311Connector, Open311Simulator
+from hubbridge.connectors.open311.connector import CACHE_SIZE
 from hubbridge.connectors.open311.simulator import DEFAULT_API_KEY
 from hubbridge.errors import (
     BadResponseError,
@@ -334,6 +335,23 @@ def test_updates_for_jobs_raised_in_the_back_office(conn: Open311Connector, sim:
     u = got[0]
     assert (u.backoffice_ref, u.hub_ref, u.service_code, u.status_code) == (job.ref, None, "SL_LNO", "LOG")
     assert u.raw["request"]["description"] == "Light out on Bath Road"
+
+
+def test_requests_are_remembered_slim_and_bounded_and_raised_ones_are_not_kept(
+    conn: Open311Connector, sim: Open311Simulator
+) -> None:
+    ours = conn.create(pothole(7))
+    sim.raise_direct(TENANT, "SL_LNO", description="Light out on Bath Road", first_name="Bob",
+                     attributes={"column_number": "BR/17", "fault_type": "OUT"})
+    conn._requests.clear()  # as after a restart: the updates' requests are looked up from the back office
+    got, _ = drain(conn, None)
+    raised = next(u for u in got if u.hub_ref is None)
+    assert raised.raw["request"]["description"] == "Light out on Bath Road"  # whole, for the Hub case it becomes
+    assert set(conn._requests) == {ours.backoffice_ref}  # a raised job is not remembered
+    kept = conn._requests[ours.backoffice_ref]
+    assert kept == {"service_request_id": ours.backoffice_ref, "service_code": kept["service_code"],
+                    "attributes": {conn.ref_attribute: "WH-2026-000007"}}  # nothing of the resident's
+    assert conn._requests.maxsize == CACHE_SIZE
 
 
 def test_other_tenants_updates_are_not_seen(conn: Open311Connector, sim: Open311Simulator) -> None:
