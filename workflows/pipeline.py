@@ -123,9 +123,13 @@ class Runtime:
         """Load the SLA policies, every connector and every route's mapping now; returns the routes loaded.
 
         A worker does this once before it forks its pool, so no process pays for it on its first cases. A
-        route that cannot load is left for its cases to dead-letter with the reason.
+        route that cannot load is left for its cases to dead-letter with the reason, and a Hub connector that
+        cannot start (a missing token) for the tasks to report, as before the warm start.
         """
-        _ = self.sla, self.hub
+        try:
+            _ = self.sla, self.hub
+        except Exception as exc:
+            log.warning("runtime.not_loaded", error=str(exc)[:300])
         loaded = 0
         for authority, service in self.config.routes:
             try:
