@@ -71,7 +71,7 @@ class Outcome:
     retry_in: float | None = None
     push: list[str] = field(default_factory=list)
     more: bool = False
-    updates: list[Any] = field(default_factory=list)  # outbox rows just written: all `push`'s single case has
+    updates: list[Any] = field(default_factory=list)  # outbox rows just written, when they are all the case has pending
 
 
 class Runtime:
