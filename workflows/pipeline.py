@@ -668,8 +668,9 @@ def poll_connector(rt: Runtime, name: str) -> Outcome:
     touched: list[str] = []
     try:
         with session_scope(rt.url) as s:
+            known = _PageLookups.read(s, conn.name, page.updates)
             for upd in page.updates:
-                ref = _take_update(rt, s, conn, upd)
+                ref = _take_update(rt, s, conn, upd, known)
                 if ref:
                     touched.append(ref)
             cur = s.get(SyncCursorRow, name)
@@ -698,32 +699,66 @@ def _release_lease(rt: Runtime, name: str) -> None:
         )
 
 
-def _take_update(rt: Runtime, s: Session, conn: Connector, upd: BackOfficeUpdate) -> str | None:
-    """Apply one back-office update once; returns the Hub ref whose outbox grew, if any."""
-    if s.get(SeenUpdateRow, (conn.name, upd.update_id)) is not None:
+@dataclass
+class _PageLookups:
+    """What a page of updates needs from the store, read in three queries instead of three per update."""
+
+    seen: set[str]  # update ids already taken
+    links: dict[str, str]  # back-office ref -> Hub ref
+    cases: dict[str, CaseRow]  # Hub ref -> case, for the linked jobs and the Hub refs the updates name
+
+    @classmethod
+    def read(cls, s: Session, connector: str, updates: Sequence[BackOfficeUpdate]) -> _PageLookups:
+        if not updates:
+            return cls(set(), {}, {})
+        ids = list({u.update_id for u in updates})
+        seen = set(s.scalars(select(SeenUpdateRow.update_id).where(
+            SeenUpdateRow.connector == connector, SeenUpdateRow.update_id.in_(ids))))
+        bo_refs = list({u.backoffice_ref for u in updates})
+        links = {bo: ref for bo, ref in s.execute(select(LinkRow.backoffice_ref, LinkRow.hub_ref).where(
+            LinkRow.connector == connector, LinkRow.backoffice_ref.in_(bo_refs)))}
+        refs = list({*links.values(), *(u.hub_ref for u in updates if u.hub_ref)})
+        cases = {row.hub_ref: row for row in s.scalars(select(CaseRow).where(CaseRow.hub_ref.in_(refs)))}
+        return cls(seen, links, cases)
+
+
+def _take_update(
+    rt: Runtime, s: Session, conn: Connector, upd: BackOfficeUpdate, known: _PageLookups | None = None
+) -> str | None:
+    """Apply one back-office update once; returns the Hub ref whose outbox grew, if any.
+
+    `known` is the page's lookups; each update taken is added to it, so a later update of the same page sees it.
+    """
+    if known is None:
+        known = _PageLookups.read(s, conn.name, [upd])
+    if upd.update_id in known.seen:
         return None
-    link = s.scalar(select(LinkRow).where(LinkRow.connector == conn.name, LinkRow.backoffice_ref == upd.backoffice_ref))
-    hub_ref = link.hub_ref if link else None
+    hub_ref = known.links.get(upd.backoffice_ref)
     if hub_ref is None and upd.hub_ref:
         # delivered but the link write was lost (crash after the back-office call): mend it now
-        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == upd.hub_ref))
+        row = known.cases.get(upd.hub_ref)
         if row is not None:
             hub_ref = row.hub_ref
             s.add(LinkRow(hub_ref=hub_ref, connector=conn.name, backoffice_ref=upd.backoffice_ref))
+            known.links[upd.backoffice_ref] = hub_ref
     s.add(SeenUpdateRow(connector=conn.name, update_id=upd.update_id, hub_ref=hub_ref))
+    known.seen.add(upd.update_id)
     if hub_ref is None:
         hub_ref = _raised_in_back_office(rt, s, conn, upd)
         if hub_ref is None:
             return None
-    return _apply_update(rt, s, conn, hub_ref, upd)
+    return _apply_update(rt, s, conn, hub_ref, upd, known.cases.get(hub_ref))
 
 
 _OUR_STATUSES = frozenset({HubStatus.RECEIVED.value, HubStatus.ROUTED.value, HubStatus.DELIVERED.value})
 
 
-def _apply_update(rt: Runtime, s: Session, conn: Connector, hub_ref: str, upd: BackOfficeUpdate) -> str | None:
+def _apply_update(
+    rt: Runtime, s: Session, conn: Connector, hub_ref: str, upd: BackOfficeUpdate, row: CaseRow | None = None
+) -> str | None:
     """Translate one update of a linked job and queue it for the Hub after the case's earlier ones."""
-    row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref))
+    if row is None:
+        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref))
     if row is None:
         return None
     try:

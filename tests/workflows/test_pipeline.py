@@ -306,3 +306,22 @@ def test_warm_loads_every_route_and_leaves_a_broken_mapping_to_its_cases(rig: Ri
         assert fresh.warm() == len(config.routes) - sharing  # the worker still starts
     finally:
         fresh.close()
+
+
+def test_a_lost_link_is_mended_once_by_a_page_holding_several_updates_of_the_job(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1, seed=25)[0])
+    assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+    with session_scope(rig.url) as s:  # as if the worker died between the back office's answer and our commit
+        bo_ref = s.scalar(select(LinkRow.backoffice_ref).where(LinkRow.hub_ref == ref))
+        s.execute(LinkRow.__table__.delete().where(LinkRow.hub_ref == ref))
+    for _ in range(2):
+        rig.backoffice.store.advance()  # the job moves on twice: one page holds several of its updates
+    names = sorted({r.connector.name for r in rig.rt.config.routes.values()})
+    touched = [t for name in names for t in pipeline.poll_connector(rig.rt, name).push]
+    assert ref in touched
+    with session_scope(rig.url) as s:
+        links = s.scalars(select(LinkRow).where(LinkRow.hub_ref == ref)).all()
+    assert [link.backoffice_ref for link in links] == [bo_ref]
+    pipeline.push_cases(rig.rt, [ref])
+    statuses = [u["status"] for u in rig.hub.updates_for(ref)]
+    assert statuses[0] == "delivered" and len(statuses) >= 3  # delivered, then each step the page held
