@@ -604,8 +604,9 @@ def push_cases(
             # first update the Hub gets is the back office's own (acknowledged, in progress...).
             if upd.backoffice_ref and ref not in acks:
                 acks[ref] = upd
-        outcomes[ref] = (Outcome("retry", str(failed[1]), retry_in=failed[2]) if failed is not None and
-                         failed[0].hub_ref == ref else Outcome("done", f"{count} sent"))
+        # `failed` was None when this case started, so if it is set now, this case is the one that failed
+        outcomes[ref] = (Outcome("retry", str(failed[1]), retry_in=failed[2]) if failed is not None
+                         else Outcome("done", f"{count} sent"))
     if not (sent or refused or failed):
         return outcomes
     now = utcnow()

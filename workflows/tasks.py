@@ -46,6 +46,16 @@ def enqueue_push(hub_ref: str, priority: int = 0) -> None:
     push_hub.apply_async(args=[hub_ref], priority=priority)
 
 
+def _push_now(rt: pipeline.Runtime, refs: list[str], pending: list[Any] | None = None, *, event: str) -> list[str]:
+    """Push these cases' Hub updates from the running task; returns the refs left for push tasks of their own."""
+    try:
+        pushed = pipeline.push_cases(rt, refs, pending)
+        return [ref for ref in refs if pushed[ref].kind != "done"]
+    except Exception as exc:  # the outbox rows stay pending: the queued push (or reconcile) takes them
+        log.warning(event, refs=len(refs), error=str(exc)[:200])
+        return list(refs)
+
+
 def _after(task: Task, outcome: pipeline.Outcome, *, hub_ref: str | None = None) -> None:
     for ref in outcome.push:
         enqueue_push(ref)
@@ -59,13 +69,8 @@ def deliver_case(self: Task, hub_ref: str) -> str:
     rt = pipeline.runtime()
     outcome = pipeline.deliver_case(rt, hub_ref)
     if outcome.kind == "done" and outcome.push == [hub_ref]:
-        # acknowledge the Hub in this task: one task per case, not two. If it cannot, the outbox row
-        # stays pending and the queued push (or reconcile) takes it.
-        try:
-            if pipeline.push_hub(rt, hub_ref, outcome.updates or None).kind == "done":
-                outcome.push = []
-        except Exception as exc:
-            log.warning("deliver.inline_push_failed", hub_ref=hub_ref, error=str(exc)[:200])
+        # acknowledge the Hub in this task: one task per case, not two
+        outcome.push = _push_now(rt, outcome.push, outcome.updates or None, event="deliver.inline_push_failed")
     try:
         _after(self, outcome, hub_ref=hub_ref)
     except Retry:
@@ -87,13 +92,7 @@ def poll_connector(self: Task, name: str) -> str:
     if outcome.push:
         # the page's Hub updates go out from this task, recorded in one transaction; a case the Hub could not
         # take now gets a push task of its own, which retries with backoff
-        try:
-            pushed = pipeline.push_cases(rt, outcome.push)
-            left = [ref for ref in outcome.push if pushed[ref].kind != "done"]
-        except Exception as exc:
-            log.warning("sync.inline_push_failed", connector=name, error=str(exc)[:200])
-            left = outcome.push
-        for ref in left:
+        for ref in _push_now(rt, outcome.push, event="sync.inline_push_failed"):
             enqueue_push(ref)
     if outcome.more:
         poll_connector.apply_async(args=[name])
