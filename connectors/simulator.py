@@ -7,6 +7,7 @@ offices do (500s, slow answers after doing the work, garbage, hostile XML, being
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import random
@@ -80,8 +81,17 @@ class Job:
     events: list[JobEvent] = field(default_factory=list)
 
 
+
+def _time_order(pair: tuple[Job, JobEvent]) -> tuple[datetime, int]:
+    return pair[1].at, pair[1].update_id
+
+
 class JobStore:
-    """Thread-safe jobs of every tenant; deliberately NOT idempotent, like real back offices."""
+    """Thread-safe jobs of every tenant; deliberately NOT idempotent, like real back offices.
+
+    Lookups go through indexes, as a real back office's would: a soak of 100,000 cases must not make every
+    request scan every job ever raised (that made long benchmark runs slow down as they went).
+    """
 
     def __init__(self, lifecycle: Sequence[str], ref_format: str = "SR{id:08d}", first_id: int = 1000) -> None:
         self.lifecycle = list(lifecycle)
@@ -90,6 +100,13 @@ class JobStore:
         self._update_ids = itertools.count(1)
         self._lock = threading.RLock()
         self.jobs: dict[int, Job] = {}
+        self._by_ref: dict[tuple[str, str], Job] = {}
+        self._by_hub_ref: dict[tuple[str, str], list[Job]] = {}
+        self._tenant_jobs: dict[str, list[Job]] = {}
+        # per tenant, every event in update_id order, and the same ordered by (at, update_id): tests move the
+        # clock, so time order and id order can differ
+        self._log: dict[str, list[tuple[Job, JobEvent]]] = {}
+        self._timeline: dict[str, list[tuple[Job, JobEvent]]] = {}
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def create(self, tenant: str, hub_ref: str | None, service_code: str, data: dict[str, Any]) -> Job:
@@ -107,8 +124,12 @@ class JobStore:
                 now,
                 dict(data),
             )
-            job.events.append(JobEvent(next(self._update_ids), job.status, "created", now))
             self.jobs[jid] = job
+            self._by_ref[(tenant, job.ref)] = job
+            if hub_ref is not None:
+                self._by_hub_ref.setdefault((tenant, hub_ref), []).append(job)
+            self._tenant_jobs.setdefault(tenant, []).append(job)
+            self._record(job, JobEvent(next(self._update_ids), job.status, "created", now))
             return job
 
     def set_status(self, job: Job, status: str, note: str | None = None) -> JobEvent:
@@ -117,46 +138,52 @@ class JobStore:
             job.status = status
             job.changed_at = now
             ev = JobEvent(next(self._update_ids), status, note, now)
-            job.events.append(ev)
+            self._record(job, ev)
             return ev
+
+    def _record(self, job: Job, ev: JobEvent) -> None:
+        job.events.append(ev)
+        self._log.setdefault(job.tenant, []).append((job, ev))
+        bisect.insort(self._timeline.setdefault(job.tenant, []), (job, ev), key=_time_order)
 
     def by_ref(self, tenant: str, ref: str) -> Job | None:
         with self._lock:
-            return next((j for j in self.jobs.values() if j.tenant == tenant and j.ref == ref), None)
+            return self._by_ref.get((tenant, ref))
 
     def by_hub_ref(self, tenant: str, hub_ref: str) -> list[Job]:
         with self._lock:
-            return [j for j in self.jobs.values() if j.tenant == tenant and j.hub_ref == hub_ref]
+            return list(self._by_hub_ref.get((tenant, hub_ref), ()))
 
     def tenant_jobs(self, tenant: str) -> list[Job]:
+        """The tenant's jobs, oldest first."""
         with self._lock:
-            return [j for j in self.jobs.values() if j.tenant == tenant]
+            return list(self._tenant_jobs.get(tenant, ()))
+
+    def newest_update_id(self, tenant: str) -> int:
+        with self._lock:
+            log = self._log.get(tenant)
+            return log[-1][1].update_id if log else 0
 
     def events_after(self, tenant: str, after_update_id: int, limit: int) -> list[tuple[Job, JobEvent]]:
         """Events of `tenant` with update_id > after_update_id, oldest first."""
         with self._lock:
-            found = [
-                (j, e)
-                for j in self.jobs.values()
-                if j.tenant == tenant
-                for e in j.events
-                if e.update_id > after_update_id
-            ]
-        found.sort(key=lambda pair: pair[1].update_id)
-        return found[:limit]
+            log = self._log.get(tenant, [])
+            i = bisect.bisect_right(log, after_update_id, key=lambda pair: pair[1].update_id)
+            return log[i:i + limit]
 
     def events_between(self, tenant: str, start: datetime, end: datetime | None = None) -> list[tuple[Job, JobEvent]]:
         """Events of `tenant` with start <= at (< end), oldest first."""
         with self._lock:
-            found = [
-                (j, e)
-                for j in self.jobs.values()
-                if j.tenant == tenant
-                for e in j.events
-                if e.at >= start and (end is None or e.at < end)
-            ]
-        found.sort(key=lambda pair: (pair[1].at, pair[1].update_id))
-        return found
+            timeline = self._timeline.get(tenant, [])
+            i = bisect.bisect_left(timeline, (start, 0), key=_time_order)
+            j = len(timeline) if end is None else bisect.bisect_left(timeline, (end, 0), key=_time_order)
+            return timeline[i:j]
+
+    def changed_since(self, tenant: str, since: datetime) -> list[Job]:
+        """Jobs of `tenant` whose last change is at or after `since`, oldest first."""
+        with self._lock:
+            touched = {job.id: job for job, _ in self.events_between(tenant, since)}
+        return sorted((j for j in touched.values() if j.changed_at >= since), key=lambda j: j.id)
 
     def advance(self, tenant: str | None = None, note: str | None = None) -> int:
         """Move every open job (of one tenant, or all) one step along the lifecycle; returns how many moved."""

@@ -341,7 +341,8 @@ class BartecSimulator(Simulator):
         types = {int(t.text) for t in _items(el, "ServiceTypes") if t.text}
         dates = _child(el, "RequestDate")
         low, high = parse_time(_text(dates, "MinimumDate")), parse_time(_text(dates, "MaximumDate"))
-        jobs = [j for j in self.store.tenant_jobs(tenant)
+        pool = self.store.by_hub_ref(tenant, external) if external else self.store.tenant_jobs(tenant)
+        jobs = [j for j in pool
                 if (not code or j.ref == code) and (not external or j.hub_ref == external)
                 and (not uprns or j.data["uprn"] in uprns) and (not types or j.data["service_type_id"] in types)
                 and (low is None or j.data["date_requested"] >= low)
@@ -386,7 +387,7 @@ class BartecSimulator(Simulator):
         since = parse_time(_text(el, "LastUpdated"))
         if since is None:
             raise _Refused("Error in 'API.pr_ServiceRequests_Updates_Get': LastUpdated must be supplied")
-        jobs = [j for j in self.store.tenant_jobs(tenant) if millis(j.changed_at) >= since]
+        jobs = self.store.changed_since(tenant, since)  # `since` is whole milliseconds, as millis(changed_at) is
         jobs.sort(key=lambda j: (j.changed_at, j.id))
         wrapper, result = self._result("ServiceRequests_Updates_Get", count=len(jobs))
         ns = result.nsmap[None]

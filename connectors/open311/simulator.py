@@ -348,13 +348,12 @@ class Open311Simulator(Simulator):
         return self._ok(fmt, "service_requests", "request", [item])
 
     def _search(self, tenant: str, p: dict[str, str]) -> list[Job]:
-        jobs = sorted(self.store.tenant_jobs(tenant), key=lambda j: j.id)
         if p.get("service_request_id"):
-            wanted = {s.strip() for s in p["service_request_id"].split(",")}
-            return [j for j in jobs if j.ref in wanted]
-        hub_ref = p.get(f"attribute[{HUB_REF_ATTRIBUTE}]")
-        if hub_ref is not None:  # extension: look a request up by its identifying attribute
-            jobs = [j for j in jobs if j.hub_ref == hub_ref]
+            wanted = [s.strip() for s in p["service_request_id"].split(",")]
+            found = {job.id: job for ref in wanted if (job := self.store.by_ref(tenant, ref)) is not None}
+            return sorted(found.values(), key=lambda j: j.id)
+        hub_ref = p.get(f"attribute[{HUB_REF_ATTRIBUTE}]")  # extension: look a request up by that attribute
+        jobs = self.store.tenant_jobs(tenant) if hub_ref is None else self.store.by_hub_ref(tenant, hub_ref)
         if p.get("service_code"):
             jobs = [j for j in jobs if j.service_code in p["service_code"].split(",")]
         if p.get("status"):

@@ -364,9 +364,7 @@ class PlanningSimulator(Simulator):
 
     def _list(self, r: Request) -> Response:
         ext = r.param("external_reference")
-        jobs = self.store.tenant_jobs(r.tenant)
-        if ext is not None:
-            jobs = [j for j in jobs if j.hub_ref == ext]
+        jobs = self.store.tenant_jobs(r.tenant) if ext is None else self.store.by_hub_ref(r.tenant, ext)
         if (etype := r.param("enquiry_type")) is not None:
             jobs = [j for j in jobs if j.service_code == etype]
         jobs.sort(key=lambda j: j.id)

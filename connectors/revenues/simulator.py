@@ -351,7 +351,7 @@ class RevenuesSimulator(Simulator):
             raise SoapFault("Client", "VALIDATION", "SinceChangeNumber >= 0 and MaxRecords 1-500 required")
         with self._lock:
             found = self.store.events_after(tenant, since, limit + 1)
-            newest = max((e.update_id for j in self.store.tenant_jobs(tenant) for e in j.events), default=0)
+            newest = self.store.newest_update_id(tenant)
             resp = etree.Element(f"{{{NS}}}GetServiceRequestChangesResponse", nsmap={None: NS})
             etree.SubElement(resp, f"{{{NS}}}LastChangeNumber").text = str(newest)
             etree.SubElement(resp, f"{{{NS}}}MoreAvailable").text = "true" if len(found) > limit else "false"
