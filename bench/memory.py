@@ -15,6 +15,9 @@ import threading
 import time
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 from bench.stack import BenchStack, cases_for, worker_rss_kib, write_result
 
 
@@ -26,6 +29,7 @@ def run(
     pool: str = "prefork",
     log_level: str = "WARNING",
     batch: int = 5000,
+    sample_every: float = 1.0,
 ) -> dict[str, Any]:
     samples: list[tuple[float, int, int]] = []  # (seconds, settled cases, RSS KiB)
     with BenchStack(embedded=embedded, concurrency=concurrency, pool=pool, log_level=log_level) as stack:
@@ -33,27 +37,37 @@ def run(
         worker_pid = stack.procs["worker"].pid
         stop = threading.Event()
         started = time.monotonic()
+        # a soak takes the best part of an hour: show the person waiting how far it is (on stderr, so --json
+        # output stays one object)
+        progress = Progress(TextColumn("soak"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rss]}"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+        bar = progress.add_task("soak", total=cases, rss="")
 
         def sample() -> None:
-            while not stop.wait(1.0):
+            while not stop.wait(sample_every):
                 acked, dead = stack.settled()
-                samples.append((time.monotonic() - started, acked + dead, worker_rss_kib(worker_pid)))
+                rss = worker_rss_kib(worker_pid)
+                samples.append((time.monotonic() - started, acked + dead, rss))
+                progress.update(bar, completed=acked + dead, rss=f"worker {rss / 1024:.0f} MiB")
 
         sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         accepted = lost = 0
-        # in batches, so the driver never holds 100,000 cases in memory and the queue stays short
-        for first in range(0, cases, batch):
-            size = min(batch, cases - first)
-            chunk = cases_for(size, seed=first + 1)
-            for i, case in enumerate(chunk):
-                case["ref"] = f"WH-2026-{first + i + 1:06d}"  # unique across batches
-            sub = stack.submit(chunk)
-            accepted += sub.accepted
-            stack.wait_settled(accepted, 600)
-            lost += stack.outcome(sub)["lost"]
-        stop.set()
-        sampler.join(5)
+        with progress:
+            sampler.start()
+            try:
+                # in batches, so the driver never holds 100,000 cases in memory and the queue stays short
+                for first in range(0, cases, batch):
+                    size = min(batch, cases - first)
+                    chunk = cases_for(size, seed=first + 1)
+                    for i, case in enumerate(chunk):
+                        case["ref"] = f"WH-2026-{first + i + 1:06d}"  # unique across batches
+                    sub = stack.submit(chunk)
+                    accepted += sub.accepted
+                    stack.wait_settled(accepted, 600)
+                    lost += stack.outcome(sub)["lost"]
+            finally:
+                stop.set()
+                sampler.join(5)
     warm_cases = cases * 0.1
     after_warm = [s for s in samples if s[1] >= warm_cases]
     if len(after_warm) < 4:

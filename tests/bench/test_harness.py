@@ -64,3 +64,16 @@ def test_floor_measures_each_piece_a_case_cannot_do_without() -> None:
     assert result["floor_cpu_ms_per_case"] == pytest.approx(
         pieces["broker_message"] + pieces["api_request_served"] + 2 * pieces["http_call_made"]
         + 2 * pieces["store_commit"]["total"], abs=0.05)
+
+
+def test_memory_soak_samples_the_worker_and_accounts_for_every_case() -> None:
+    from bench import memory
+
+    # three batches, each settled before the next is posted; sampled often enough that a fast run has samples
+    result = memory.run(300, embedded=True, batch=100, sample_every=0.1)
+    assert result["lost"] == 0, result
+    assert result["samples"] >= 4 and result["series"], result
+    assert all(n <= 300 for _, n, _ in result["series"]) and result["series"][-1][1] > 0
+    # the resident set of a worker and its pool processes is tens of MiB at the least
+    assert result["rss_after_warmup_mib"] > 20 and result["rss_peak_mib"] >= result["rss_end_mib"]
+    assert result["minutes_to_70k"] is None  # 300 cases never reach a month's
