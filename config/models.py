@@ -83,7 +83,11 @@ class ConnectorInstance(Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     rate_limit: RateLimit = Field(default_factory=RateLimit)
     circuit: CircuitBreaker = Field(default_factory=CircuitBreaker)
-    poll_seconds: Annotated[float, Field(gt=0)] = Field(60.0, description="How often to pull updates")
+    poll_seconds: Annotated[float, Field(gt=0)] = Field(
+        60.0,
+        description="How often to pull updates, in seconds; each instance polls at its own offset within the "
+        "interval, so instances do not all poll at once",
+    )
     webhook_secret_env: EnvName | None = Field(None, description="HMAC secret for pushed updates")
 
 
