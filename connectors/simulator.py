@@ -81,7 +81,6 @@ class Job:
     events: list[JobEvent] = field(default_factory=list)
 
 
-
 def _time_order(pair: tuple[Job, JobEvent]) -> tuple[datetime, int]:
     return pair[1].at, pair[1].update_id
 
