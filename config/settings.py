@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(2.0, description="How often beat reconciles, polls and sweeps SLAs")
     queue_type: str = Field("classic", pattern="^(classic|quorum)$")
     max_body_bytes: int = 256 * 1024
+    worker_max_memory_mib: int = Field(
+        512,
+        ge=0,
+        description="Replace a worker pool process once its resident memory passes this many MiB (after its "
+        "task): a slow leak then costs a fork from the warmed parent, not an outage. 0 never replaces",
+    )
 
     @property
     def resolved_mappings_dir(self) -> Path:

@@ -65,6 +65,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
+    if settings.worker_max_memory_mib:
+        app.conf.worker_max_memory_per_child = settings.worker_max_memory_mib * 1024  # Celery counts KiB
     if broker.startswith("amqp"):
         app.conf.beat_schedule["drain-dead"] = {"task": "hubbridge.drain_dead", "schedule": 30.0}
     return app

@@ -46,3 +46,15 @@ def test_a_store_connection_dropped_under_a_task_makes_it_run_again(
     assert result.successful() and result.get() == "done"  # the first run failed on the dead connection
     with session_scope(pg_rt.url) as s:
         assert s.scalar(select(CaseRow.stage).where(CaseRow.hub_ref == ref)) == "acknowledged"
+
+
+def test_a_pool_process_is_replaced_past_its_memory_limit_and_the_limit_can_be_lifted(tmp_path: Path) -> None:
+    from hubbridge.config.settings import Settings
+    from hubbridge.workflows.app import make_app
+
+    def limit(**kw: Any) -> Any:
+        return make_app(Settings(data_dir=tmp_path, **kw)).conf.worker_max_memory_per_child
+
+    assert limit() == 512 * 1024  # the default: a slow leak costs a fork from the warmed parent, not an outage
+    assert limit(worker_max_memory_mib=300) == 300 * 1024  # Celery counts KiB
+    assert limit(worker_max_memory_mib=0) is None  # 0: never replace
