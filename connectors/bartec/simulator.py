@@ -343,7 +343,7 @@ class BartecSimulator(Simulator):
         low, high = parse_time(_text(dates, "MinimumDate")), parse_time(_text(dates, "MaximumDate"))
         pool = self.store.by_hub_ref(tenant, external) if external else self.store.tenant_jobs(tenant)
         jobs = [j for j in pool
-                if (not code or j.ref == code) and (not external or j.hub_ref == external)
+                if (not code or j.ref == code)
                 and (not uprns or j.data["uprn"] in uprns) and (not types or j.data["service_type_id"] in types)
                 and (low is None or j.data["date_requested"] >= low)
                 and (high is None or j.data["date_requested"] <= high)]
