@@ -27,6 +27,9 @@ class Delivery:
     service: str
     payload: dict[str, Any]
     mapping_version: str = ""
+    known_new: bool = False
+    """True when the caller knows the back office has no job for `hub_ref` yet (no earlier attempt can have
+    reached it, or `find` has just answered None), so `create` need not look first: one call instead of two."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,10 @@ class Connector(ABC):
 
     @abstractmethod
     def create(self, delivery: Delivery) -> CreateResult:
-        """Create the back-office job for a case, or return the existing one for the same `hub_ref`."""
+        """Create the back-office job for a case, or return the existing one for the same `hub_ref`.
+
+        A delivery marked `known_new` has nothing to find, so the look-up may be skipped.
+        """
 
     @abstractmethod
     def find(self, hub_ref: str) -> CreateResult | None:

@@ -156,6 +156,27 @@ class ConnectorConformance:
         assert first.backoffice_ref == second.backoffice_ref == third.backoffice_ref
         assert harness.jobs_for(delivery.hub_ref) == 1
 
+    def test_create_of_a_known_new_case_does_not_look_first(self, harness: ConformanceHarness) -> None:
+        """With `known_new` (the pipeline knows there is no job yet) create skips its look-up: fewer requests."""
+        from dataclasses import replace
+
+        connector = harness.make_connector()
+        connector.find(harness.delivery(40).hub_ref)  # session set-up out of the way
+        requests = harness.simulator.requests
+
+        looked = harness.delivery(41)
+        before = len(requests)
+        connector.create(looked)
+        looking = len(requests) - before
+
+        fresh = replace(harness.delivery(42), known_new=True)
+        before = len(requests)
+        result = connector.create(fresh)
+        assert len(requests) - before < looking, "create of a known-new case still looked for an existing job"
+        assert result.backoffice_ref and harness.jobs_for(fresh.hub_ref) == 1
+        found = connector.find(fresh.hub_ref)
+        assert found is not None and found.backoffice_ref == result.backoffice_ref
+
     def test_distinct_cases_make_distinct_jobs(self, harness: ConformanceHarness) -> None:
         connector = harness.make_connector()
         refs = {connector.create(harness.delivery(i)).backoffice_ref for i in range(2, 5)}

@@ -214,7 +214,7 @@ class BartecConnector(Connector):
         bound = self.log.bind(hub_ref=delivery.hub_ref)
         params = self._request(delivery)
         self._message(params, "(check)", delivery.hub_ref)  # refuse a bad payload before touching Bartec
-        existing = self.find(delivery.hub_ref)
+        existing = None if delivery.known_new else self.find(delivery.hub_ref)
         if existing is not None:
             bound.info("bartec.create.exists", backoffice_ref=existing.backoffice_ref)
             return existing

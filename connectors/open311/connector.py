@@ -115,7 +115,7 @@ class Open311Connector(Connector):
     def create(self, delivery: Delivery) -> CreateResult:
         bound = log.bind(hub_ref=delivery.hub_ref, instance=self.name)
         request = self._validate(delivery)
-        existing = self.find(delivery.hub_ref)
+        existing = None if delivery.known_new else self.find(delivery.hub_ref)
         if existing is not None:
             bound.info("open311.create.exists", backoffice_ref=existing.backoffice_ref)
             return existing

@@ -210,7 +210,7 @@ class PlanningConnector(Connector):
         bound = log.bind(hub_ref=delivery.hub_ref, instance=self.name)
         body = request_body(delivery.hub_ref, delivery.payload, where=self.name)
         # Look first: a previous attempt may have been done with no answer; the key below covers races.
-        existing = self.find(delivery.hub_ref)
+        existing = None if delivery.known_new else self.find(delivery.hub_ref)
         if existing is not None:
             bound.info("planning.create.exists", backoffice_ref=existing.backoffice_ref)
             return existing

@@ -214,7 +214,7 @@ class RevenuesConnector(Connector):
         blog = log.bind(hub_ref=delivery.hub_ref, instance=self.name)
         request = self._request(delivery)
         self._serialisable(delivery.hub_ref, request)
-        existing = self.find(delivery.hub_ref)
+        existing = None if delivery.known_new else self.find(delivery.hub_ref)
         if existing is not None:
             blog.info("revenues.create.exists", backoffice_ref=existing.backoffice_ref)
             return existing

@@ -41,7 +41,7 @@ class ExampleJsonConnector(Connector):
         return CreateResult(backoffice_ref=item["ref"], status_code=item.get("status"))
 
     def create(self, delivery: Delivery) -> CreateResult:
-        existing = self.find(delivery.hub_ref)
+        existing = None if delivery.known_new else self.find(delivery.hub_ref)
         if existing is not None:
             return existing
         body = self._json("POST", "jobs", sending=True,
