@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    insert,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
@@ -334,10 +335,17 @@ def migrate(url: str) -> None:
     command.upgrade(cfg, "head")
 
 
+@lru_cache(maxsize=8)
+def _sessions_for(engine: Engine) -> sessionmaker[Session]:
+    # keyed on the engine, not the URL: a pool process clears `engine_for` after the fork and must not keep
+    # a session factory bound to its parent's engine (and connections)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """One transaction: committed when the block ends, rolled back if it raises."""
-    session = sessionmaker(engine_for(url), expire_on_commit=False)()
+    session = _sessions_for(engine_for(url))()
     try:
         yield session
         session.commit()
@@ -348,5 +356,34 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
+_EVENTS = "hubbridge.events"
+
+
 def record_event(session: Session, hub_ref: str | None, kind: str, **detail: Any) -> None:
-    session.add(EventRow(hub_ref=hub_ref, kind=kind, detail=detail, at=utcnow()))
+    """Add an audit event to the session's transaction; it is written, with the others, when the session commits."""
+    if not session.in_transaction():
+        session.begin()  # so a rollback or close before any statement still ends it, and drops its events
+    session.info.setdefault(_EVENTS, []).append({"hub_ref": hub_ref, "kind": kind, "detail": detail, "at": utcnow()})
+
+
+@event.listens_for(Session, "before_commit")
+def _write_events(session: Session) -> None:
+    # One multi-row INSERT per transaction, not one INSERT ... RETURNING per event through the unit of work:
+    # a case's steps record five or six events, and each was a round trip and an ORM object.
+    pending = session.info.pop(_EVENTS, None)
+    if pending:
+        session.execute(insert(EventRow.__table__), pending)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _write_events_before_reading_them(state: Any) -> None:
+    # a query of the audit trail inside the transaction that recorded events must see them
+    if _EVENTS in state.session.info and state.is_select and any(m.class_ is EventRow for m in state.all_mappers):
+        _write_events(state.session)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_events(session: Session, transaction: Any) -> None:
+    # a transaction rolled back or closed uncommitted: its events never happened
+    if transaction.parent is None:
+        session.info.pop(_EVENTS, None)

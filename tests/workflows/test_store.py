@@ -1,4 +1,4 @@
-"""The store's connection pool: a connection that sat idle is tested before use, a busy one is trusted."""
+"""The store's connections: one that sat idle is tested before use, a busy one is trusted; a fork gets its own."""
 
 from __future__ import annotations
 
@@ -40,3 +40,13 @@ def test_a_connection_in_steady_use_is_trusted_and_a_drop_costs_one_failed_trans
         _backend_pid(pg_url)
     assert caught.value.connection_invalidated
     assert _backend_pid(pg_url) != pid  # the pool was invalidated: the next transaction connects afresh
+
+
+def test_a_session_after_the_engine_cache_is_cleared_uses_the_new_engine(sqlite_url: str) -> None:
+    # what a forked pool process does (app._fresh_connections): it must not reuse its parent's engine
+    with session_scope(sqlite_url) as s:
+        before = s.get_bind()
+    store.engine_for.cache_clear()
+    with session_scope(sqlite_url) as s:
+        after = s.get_bind()
+    assert after is store.engine_for(sqlite_url) and after is not before
