@@ -98,6 +98,15 @@ class SlaEngine:
         return list(session.scalars(select(SlaClockRow).where(SlaClockRow.hub_ref == hub_ref)
                                     .order_by(SlaClockRow.id)))
 
+    def clocks_for(self, session: Session, hub_refs: Sequence[str]) -> dict[str, list[SlaClockRow]]:
+        """Several cases' clocks in one query, keyed by Hub ref (a case with none is absent)."""
+        out: dict[str, list[SlaClockRow]] = {}
+        if hub_refs:
+            for row in session.scalars(select(SlaClockRow).where(SlaClockRow.hub_ref.in_(list(hub_refs)))
+                                       .order_by(SlaClockRow.id)):
+                out.setdefault(row.hub_ref, []).append(row)
+        return out
+
     def start(
         self,
         session: Session,
@@ -141,14 +150,18 @@ class SlaEngine:
         log.info("sla.start", hub_ref=hub_ref, policy=key, priority=prio.value)
         return rows
 
-    def on_status(self, session: Session, hub_ref: str, status: HubStatus | str, at: datetime) -> list[SlaClockRow]:
+    def on_status(
+        self, session: Session, hub_ref: str, status: HubStatus | str, at: datetime,
+        *, clocks: list[SlaClockRow] | None = None,
+    ) -> list[SlaClockRow]:
         """Apply the policy's rules for `status`: start, pause, resume, stop or restart each clock.
 
-        Idempotent: the same status twice changes nothing the second time.
+        Idempotent: the same status twice changes nothing the second time. `clocks` are the case's clocks when
+        the caller has read them already in this session.
         """
         status = HubStatus(status)
         at = _utc(at)
-        rows = self.clocks_of(session, hub_ref)
+        rows = self.clocks_of(session, hub_ref) if clocks is None else clocks
         for row in rows:
             rules = self._spec(row).rules
             when = self._not_before(row, at)
@@ -173,8 +186,7 @@ class SlaEngine:
             if row.state != before:
                 record_event(session, hub_ref, f"sla.{row.state}", clock=row.clock, status=status.value,
                              at=when.isoformat(), due_at=row.due_at.isoformat() if row.due_at else None)
-        session.flush()
-        return rows
+        return rows  # written at the session's next flush, with the rest of the caller's changes
 
     def on_priority(self, session: Session, hub_ref: str, priority: Priority | str, at: datetime) -> list[SlaClockRow]:
         """Re-target every clock for a new priority, keeping the business time already spent."""

@@ -254,10 +254,6 @@ def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str 
 
     now = utcnow()
     with session_scope(rt.url) as s:
-        existing = s.scalar(select(CaseRow.id).where(CaseRow.hub_ref == case.ref))
-        if existing is not None:
-            record_event(s, case.ref, "intake.duplicate", channel=channel)
-            return Accepted(case.ref, duplicate=True)
         s.add(
             CaseRow(
                 hub_ref=case.ref,
@@ -285,12 +281,16 @@ def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str 
             sla_policy=route.sla_policy,
         )
         try:
-            # a second intake of the same case racing this one fails here, on the unique hub_ref
+            # A case the store already holds fails here, on the unique hub_ref: no look-up first, since a
+            # duplicate is rare and the look-up was a round trip on every case.
             s.flush()
             rt.sla.start(s, case.ref, case.service, case.authority, case.priority.value, now,
                          policy=route.sla_policy, escalation=route.escalation, new=True)
         except IntegrityError:
             s.rollback()
+            if s.scalar(select(CaseRow.id).where(CaseRow.hub_ref == case.ref)) is None:
+                raise  # some other constraint: not a duplicate
+            record_event(s, case.ref, "intake.duplicate", channel=channel)
             return Accepted(case.ref, duplicate=True)
     log.info("case.accepted", hub_ref=case.ref, service=case.service, authority=case.authority)
     return Accepted(case.ref, duplicate=False)
@@ -320,24 +320,27 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
     """Translate and deliver one case to its back office, exactly once, and queue the Hub's acknowledgement."""
     now = utcnow()
     with session_scope(rt.url) as s:
-        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref))
-        if row is None:
+        found = s.execute(
+            select(CaseRow.id, CaseRow.stage, CaseRow.attempts, CaseRow.unknown_outcome, CaseRow.payload,
+                   CaseRow.connector).where(CaseRow.hub_ref == hub_ref)
+        ).first()
+        if found is None:
             return Outcome("skipped", "unknown case")
-        if row.stage != "received":
-            return Outcome("skipped", f"already {row.stage}")
         # unknown_outcome still set means an earlier claim's worker never reported back (killed mid-call)
-        attempts, unknown = row.attempts, row.unknown_outcome
-        case = HubCase.model_validate(row.payload)
+        case_id, stage, attempts, unknown, payload, connector = found
+        if stage != "received":
+            return Outcome("skipped", f"already {stage}")
+        case = HubCase.model_validate(payload)
         # Claim the case atomically: a second copy of the message (a redelivery, a reconcile) backs off.
         claimed = s.execute(
             update(CaseRow)
             .where(
-                CaseRow.id == row.id,
+                CaseRow.id == case_id,
                 CaseRow.stage == "received",
                 (CaseRow.claimed_until.is_(None)) | (CaseRow.claimed_until < now),
             )
             .values(
-                claimed_until=now + timedelta(seconds=_claim_seconds(rt, row.connector)),
+                claimed_until=now + timedelta(seconds=_claim_seconds(rt, connector)),
                 unknown_outcome=True,
                 next_attempt_at=now + timedelta(seconds=rt.settings.reconcile_after_seconds),
             )
@@ -364,6 +367,7 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
             service=case.service,
             payload=translation.payload,
             mapping_version=mapping.version,
+            known_new=True,  # created only once the claim's bookkeeping, or find, says there is no job yet
         )
         result = None
         with throttle.slot():
@@ -371,7 +375,7 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
                 throttle.pace(THROTTLE_WAIT_SECONDS)
                 result = conn.find(case.ref)  # an earlier attempt may have landed: never create twice
             if result is None:
-                # a refusal here leaves nothing half done: find said there is no job yet
+                # a refusal here leaves nothing half done: there is no job yet
                 throttle.pace(THROTTLE_WAIT_SECONDS)
                 result = conn.create(delivery)
         breaker.success()
@@ -389,11 +393,17 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
 
     now = utcnow()
     with session_scope(rt.url) as s:
-        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref).with_for_update())
-        if row is None or row.stage != "received":
+        # the case, its last outbox sequence and whether it is linked yet, in one round trip
+        last_sequence = (select(func.max(HubUpdateRow.sequence)).where(HubUpdateRow.hub_ref == CaseRow.hub_ref)
+                         .scalar_subquery())
+        linked = select(LinkRow.id).where(LinkRow.hub_ref == CaseRow.hub_ref, LinkRow.connector == conn.name).exists()
+        found = s.execute(
+            select(CaseRow, last_sequence, linked).where(CaseRow.hub_ref == hub_ref).with_for_update(of=CaseRow)
+        ).first()
+        if found is None or found[0].stage != "received":
             return Outcome("skipped", "delivered concurrently")
-        exists = s.scalar(select(LinkRow.id).where(LinkRow.hub_ref == hub_ref, LinkRow.connector == conn.name))
-        if exists is None:
+        row, sequence, exists = found
+        if not exists:
             s.add(
                 LinkRow(
                     hub_ref=hub_ref,
@@ -419,6 +429,7 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
             backoffice_ref=result.backoffice_ref,
             note=f"Sent to {conn.name}; reference {result.backoffice_ref}",
             source=conn.name,
+            last_sequence=sequence or 0,
         )
         record_event(
             s,
@@ -520,9 +531,17 @@ def _set_status(
     note: str | None = None,
     resolution: str | None = None,
     source: str | None = None,
+    last_sequence: int | None = None,
+    clocks: list[Any] | None = None,
 ) -> HubUpdateRow:
-    """Change a case's Hub status and queue the update for the Hub in the same transaction; returns the outbox row."""
-    seq = (s.scalar(select(func.max(HubUpdateRow.sequence)).where(HubUpdateRow.hub_ref == row.hub_ref)) or 0) + 1
+    """Change a case's Hub status and queue the update for the Hub in the same transaction; returns the outbox row.
+
+    `last_sequence` is the case's highest outbox sequence and `clocks` its SLA clocks, when the caller has read
+    them already (a page of updates reads them for all its cases at once).
+    """
+    if last_sequence is None:
+        last_sequence = s.scalar(select(func.max(HubUpdateRow.sequence)).where(HubUpdateRow.hub_ref == row.hub_ref))
+    seq = (last_sequence or 0) + 1
     update_ = CaseUpdate(
         ref=row.hub_ref,
         status=status,
@@ -546,7 +565,7 @@ def _set_status(
     row.status = status.value
     row.status_at = at
     if previous != status.value:
-        rt.sla.on_status(s, row.hub_ref, status, at)
+        rt.sla.on_status(s, row.hub_ref, status, at, clocks=clocks)
     return outbox
 
 
@@ -671,7 +690,7 @@ def poll_connector(rt: Runtime, name: str) -> Outcome:
     touched: list[str] = []
     try:
         with session_scope(rt.url) as s:
-            known = _PageLookups.read(s, conn.name, page.updates)
+            known = _PageLookups.read(s, conn.name, page.updates, rt.sla)
             for upd in page.updates:
                 ref = _take_update(rt, s, conn, upd, known)
                 if ref:
@@ -709,9 +728,12 @@ class _PageLookups:
     seen: set[str]  # update ids already taken
     links: dict[str, str]  # back-office ref -> Hub ref
     cases: dict[str, CaseRow]  # Hub ref -> case, for the linked jobs and the Hub refs the updates name
+    sequences: dict[str, int] = field(default_factory=dict)  # Hub ref -> its last outbox sequence (0: none yet)
+    clocks: dict[str, list[Any]] = field(default_factory=dict)  # Hub ref -> its SLA clocks
 
     @classmethod
-    def read(cls, s: Session, connector: str, updates: Sequence[BackOfficeUpdate]) -> _PageLookups:
+    def read(cls, s: Session, connector: str, updates: Sequence[BackOfficeUpdate], sla: Any = None) -> _PageLookups:
+        """The page's lookups; with the SLA engine, also its cases' outbox sequences and SLA clocks."""
         if not updates:
             return cls(set(), {}, {})
         ids = list({u.update_id for u in updates})
@@ -722,7 +744,13 @@ class _PageLookups:
             LinkRow.connector == connector, LinkRow.backoffice_ref.in_(bo_refs)))}
         refs = list({*links.values(), *(u.hub_ref for u in updates if u.hub_ref)})
         cases = {row.hub_ref: row for row in s.scalars(select(CaseRow).where(CaseRow.hub_ref.in_(refs)))}
-        return cls(seen, links, cases)
+        if sla is None or not cases:
+            return cls(seen, links, cases)
+        sequences = dict.fromkeys(cases, 0)
+        for ref, last in s.execute(select(HubUpdateRow.hub_ref, func.max(HubUpdateRow.sequence))
+                                   .where(HubUpdateRow.hub_ref.in_(list(cases))).group_by(HubUpdateRow.hub_ref)):
+            sequences[ref] = last
+        return cls(seen, links, cases, sequences, sla.clocks_for(s, list(cases)))
 
 
 def _take_update(
@@ -750,14 +778,20 @@ def _take_update(
         hub_ref = _raised_in_back_office(rt, s, conn, upd)
         if hub_ref is None:
             return None
-    return _apply_update(rt, s, conn, hub_ref, upd, known.cases.get(hub_ref))
+    return _apply_update(rt, s, conn, hub_ref, upd, known.cases.get(hub_ref), known)
 
 
 _OUR_STATUSES = frozenset({HubStatus.RECEIVED.value, HubStatus.ROUTED.value, HubStatus.DELIVERED.value})
 
 
 def _apply_update(
-    rt: Runtime, s: Session, conn: Connector, hub_ref: str, upd: BackOfficeUpdate, row: CaseRow | None = None
+    rt: Runtime,
+    s: Session,
+    conn: Connector,
+    hub_ref: str,
+    upd: BackOfficeUpdate,
+    row: CaseRow | None = None,
+    known: _PageLookups | None = None,
 ) -> str | None:
     """Translate one update of a linked job and queue it for the Hub after the case's earlier ones."""
     if row is None:
@@ -798,7 +832,9 @@ def _apply_update(
     status = tr.status or HubStatus(row.status)
     if row.stage == "received":
         row.stage = "delivered"  # the back office has it: our own delivery will find it and skip
-    _set_status(
+    # the page read its cases' sequences and clocks up front: no query here, so the page's writes go out together
+    read = known is not None and hub_ref in known.sequences
+    outbox = _set_status(
         rt,
         s,
         row,
@@ -808,7 +844,11 @@ def _apply_update(
         note=tr.note,
         resolution=tr.resolution,
         source=conn.name,
+        last_sequence=known.sequences[hub_ref] if known is not None and read else None,
+        clocks=known.clocks.get(hub_ref, []) if known is not None and read else None,
     )
+    if known is not None and read:
+        known.sequences[hub_ref] = outbox.sequence
     return hub_ref
 
 
@@ -1254,36 +1294,55 @@ def reconcile(rt: Runtime, now: datetime | None = None, limit: int = 5000) -> Sw
     return out
 
 
+def _phase(name: str, every: float) -> float:
+    return zlib.crc32(name.encode()) / 2**32 * every
+
+
 def poll_slot(name: str, at: datetime, every: float) -> int:
     """Which of an instance's poll intervals `at` falls in.
 
     Each instance's intervals start at its own offset (from its name), so instances polled every 60 s do not
     all land on the workers on the same beat tick: measured, that herd stalled every case arriving while it ran.
     """
-    phase = zlib.crc32(name.encode()) / 2**32 * every
-    return math.floor((at.timestamp() - phase) / every)
+    return math.floor((at.timestamp() - _phase(name, every)) / every)
 
 
-def due_polls(rt: Runtime, now: datetime | None = None) -> list[str]:
-    """Connector instances due a poll (one per poll interval, at the instance's own offset) that no poller holds."""
+POLL_SLACK_SECONDS = 0.05
+"""A poll planned ahead runs this long after its interval starts, so a timer firing a hair early still lands in it."""
+
+
+def due_polls(rt: Runtime, now: datetime | None = None, within: float = 0.0) -> dict[str, float]:
+    """Connector instances to poll (one poll per interval, at the instance's own offset) that no poller holds.
+
+    Each maps to the seconds until its poll should run: 0 for an instance already due, or, for one whose next
+    interval starts within `within` seconds (the beat's period), the wait until then. So the polls that fall
+    between two beat ticks run spread out at their own offsets rather than together on the tick.
+    """
     now = now or utcnow()
     names = sorted({r.connector.name for r in rt.config.routes.values()})
-    due: list[str] = []
+    due: dict[str, float] = {}
     with session_scope(rt.url) as s:
+        cursors = {c.connector: c for c in s.scalars(select(SyncCursorRow).where(SyncCursorRow.connector.in_(names)))}
         for name in names:
             inst = rt.config.connectors[name]
-            cur = s.get(SyncCursorRow, name)
+            every = inst.poll_seconds
+            cur = cursors.get(name)
             if cur is None:
                 cur = SyncCursorRow(connector=name)
                 s.add(cur)
             if cur.lease_until and cur.lease_until > now:
                 continue
-            if cur.polled_at and poll_slot(name, cur.polled_at, inst.poll_seconds) >= poll_slot(
-                name, now, inst.poll_seconds
-            ):
-                continue
-            cur.lease_until = now + timedelta(seconds=max(60.0, inst.timeouts.read * 2))
-            due.append(name)
+            done = poll_slot(name, cur.polled_at, every) if cur.polled_at else None
+            if done is None or done < poll_slot(name, now, every):
+                wait = 0.0
+            else:
+                upcoming = done + 1
+                starts = upcoming * every + _phase(name, every) + POLL_SLACK_SECONDS - now.timestamp()
+                if starts >= within:
+                    continue
+                wait = max(starts, 0.0)
+            cur.lease_until = now + timedelta(seconds=wait + max(60.0, inst.timeouts.read * 2))
+            due[name] = round(wait, 3)
     return due
 
 

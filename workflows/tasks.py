@@ -128,10 +128,12 @@ def _publish_escalations(rt: pipeline.Runtime) -> None:
 
 @app.task(name="hubbridge.poll_due")
 def poll_due() -> list[str]:
-    names = pipeline.due_polls(pipeline.runtime())
-    for name in names:
-        poll_connector.apply_async(args=[name])
-    return names
+    rt = pipeline.runtime()
+    # polls whose instances' intervals start before the next tick are sent now, to run at their own moment
+    plan = pipeline.due_polls(rt, within=rt.settings.sweep_seconds)
+    for name, wait in plan.items():
+        poll_connector.apply_async(args=[name], countdown=wait or None)
+    return list(plan)
 
 
 @app.task(name="hubbridge.drain_dead")

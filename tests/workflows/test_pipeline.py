@@ -325,3 +325,19 @@ def test_a_lost_link_is_mended_once_by_a_page_holding_several_updates_of_the_job
     pipeline.push_cases(rig.rt, [ref])
     statuses = [u["status"] for u in rig.hub.updates_for(ref)]
     assert statuses[0] == "delivered" and len(statuses) >= 3  # delivered, then each step the page held
+
+
+def test_a_first_delivery_calls_the_back_office_once_and_a_retry_looks_up_once(rig: Rig) -> None:
+    """Nothing was sent before a first attempt, so nothing is looked up; after an unknown outcome, one look-up."""
+    first, second = missed_bins(2, seed=25)
+    assert pipeline.deliver_case(rig.rt, accept(rig, first)).kind == "done"  # sign-in and caches out of the way
+    requests = rig.backoffice.requests
+    ref = accept(rig, second)
+    rig.backoffice.faults.next("reset", match="ServiceRequest_Create")  # refused: nothing reached Bartec
+    before = len(requests)
+    assert pipeline.deliver_case(rig.rt, ref).kind == "retry"
+    assert len(requests) - before == 1, "a first attempt must go straight to create"
+    before = len(requests)
+    assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+    assert len(requests) - before == 2, "a retry looks up once (it may have landed), then creates once"
+    assert jobs(rig, ref) == 1

@@ -52,8 +52,9 @@ def _mark_polled(url: str, names: list[str], at: datetime) -> None:
 
 def test_an_instance_is_due_once_per_interval_and_never_twice_in_one(rig: Rig) -> None:
     rt = rig.rt
-    names = pipeline.due_polls(rt, T0)
-    assert names, "a connector never polled is due at once"
+    plan = pipeline.due_polls(rt, T0)
+    assert plan and set(plan.values()) == {0.0}, "a connector never polled is due at once"
+    names = list(plan)
     _mark_polled(rig.url, names, T0)
     every = {n: rt.config.connectors[n].poll_seconds for n in names}
 
@@ -63,7 +64,7 @@ def test_an_instance_is_due_once_per_interval_and_never_twice_in_one(rig: Rig) -
     end = T0 + timedelta(seconds=3 * max(every.values()))
     while tick < end:
         tick += timedelta(seconds=step)
-        due = pipeline.due_polls(rt, tick)
+        due = list(pipeline.due_polls(rt, tick))
         for n in due:
             polls[n].append(tick)
         _mark_polled(rig.url, due, tick)  # each poll finishes within its tick
@@ -81,5 +82,36 @@ def test_an_instance_is_due_once_per_interval_and_never_twice_in_one(rig: Rig) -
 def test_an_instance_held_by_a_poller_is_not_due(rig: Rig) -> None:
     rt = rig.rt
     names = pipeline.due_polls(rt, T0)  # takes the lease
-    assert pipeline.due_polls(rt, T0 + timedelta(seconds=1)) == []
+    assert pipeline.due_polls(rt, T0 + timedelta(seconds=1), within=3600) == {}
     assert set(pipeline.due_polls(rt, T0 + timedelta(minutes=10))) == set(names)  # the lease has run out
+
+
+def test_polls_falling_between_two_ticks_run_at_their_own_offsets_not_on_the_tick(rig: Rig) -> None:
+    """Planned a tick ahead, each poll waits for its instance's own moment: one per interval, spread out."""
+    rt = rig.rt
+    names = list(pipeline.due_polls(rt, T0))
+    _mark_polled(rig.url, names, T0)
+    every = {n: rt.config.connectors[n].poll_seconds for n in names}
+    tick_s = min(every.values()) / 2  # a beat as coarse as the shipped demo's 2 s ticks for its 2 s polls
+    runs: dict[str, list[datetime]] = {n: [] for n in names}
+    tick, ticks = T0, 0
+    end = T0 + timedelta(seconds=4 * max(every.values()))
+    while tick < end:
+        tick += timedelta(seconds=tick_s)
+        ticks += 1
+        plan = pipeline.due_polls(rt, tick, within=tick_s)
+        assert all(0 <= wait < tick_s for wait in plan.values()), plan
+        for n, wait in plan.items():
+            at = tick + timedelta(seconds=wait)
+            runs[n].append(at)
+            _mark_polled(rig.url, [n], at)  # the poll runs when planned and finishes at once
+
+    for n, times in runs.items():
+        slots = [pipeline.poll_slot(n, t, every[n]) for t in times]
+        assert slots == list(range(slots[0], slots[0] + len(slots))), f"{n}: not one poll per interval: {times}"
+        assert len(times) >= 3, (n, times)
+        for t in times[1:]:  # each ran just after its own interval began, not at whichever tick followed
+            into = t.timestamp() - (pipeline.poll_slot(n, t, every[n]) * every[n] + pipeline._phase(n, every[n]))
+            assert 0 <= into <= pipeline.POLL_SLACK_SECONDS + 1e-3, (n, t, into)
+    moments = {t for times in runs.values() for t in times[1:]}
+    assert len(names) > 1 and len(moments) > ticks, "the polls still bunch on the ticks"
