@@ -450,8 +450,10 @@ def _retry_later(
     rt: Runtime, case: HubCase, exc: TransientError, instance: Any, *, unknown: bool = False, count_attempt: bool = True
 ) -> Outcome:
     with session_scope(rt.url) as s:
-        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == case.ref))
+        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == case.ref).with_for_update())
         assert row is not None
+        if row.stage != "received":  # the sync found the job in the back office meanwhile and recorded it
+            return Outcome("skipped", f"already {row.stage}")
         if count_attempt:
             row.attempts += 1
         # A refused connection sent nothing; any other fault may have reached the back office.
@@ -497,8 +499,10 @@ def _claim_seconds(rt: Runtime, connector: str | None) -> float:
 
 def _give_up(rt: Runtime, case: HubCase, stage: str, reason: str, detail: str, connector: str | None = None) -> Outcome:
     with session_scope(rt.url) as s:
-        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == case.ref))
+        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == case.ref).with_for_update())
         assert row is not None
+        if row.stage != "received":
+            return Outcome("skipped", f"already {row.stage}")
         row.stage = "dead"
         row.next_attempt_at = None
         row.claimed_until = None
@@ -766,12 +770,16 @@ def _take_update(
         return None
     hub_ref = known.links.get(upd.backoffice_ref)
     if hub_ref is None and upd.hub_ref:
-        # delivered but the link write was lost (crash after the back-office call): mend it now
+        # The back office has the job but we hold no link: our delivery is still between the back office's
+        # answer and its commit, or its worker died there. Record the delivery now, so the Hub hears
+        # `delivered` before the job's own news; the delivery, when it gets there, finds it done.
         row = known.cases.get(upd.hub_ref)
         if row is not None:
             hub_ref = row.hub_ref
             s.add(LinkRow(hub_ref=hub_ref, connector=conn.name, backoffice_ref=upd.backoffice_ref))
             known.links[upd.backoffice_ref] = hub_ref
+            if row.stage == "received":
+                _record_found_delivery(rt, s, conn, row, upd, known)
     s.add(SeenUpdateRow(connector=conn.name, update_id=upd.update_id, hub_ref=hub_ref))
     known.seen.add(upd.update_id)
     if hub_ref is None:
@@ -779,6 +787,41 @@ def _take_update(
         if hub_ref is None:
             return None
     return _apply_update(rt, s, conn, hub_ref, upd, known.cases.get(hub_ref), known)
+
+
+def _record_found_delivery(
+    rt: Runtime, s: Session, conn: Connector, row: CaseRow, upd: BackOfficeUpdate, known: _PageLookups
+) -> None:
+    """Write what a finished delivery writes, for a case the sync found in the back office first."""
+    try:
+        version: str | None = rt.mapping_for(row.authority, row.service)[2].version
+    except HubbridgeError:
+        version = None  # the update's own translation will dead-letter with the reason
+    now = utcnow()
+    row.stage = "delivered"
+    row.mapping_version = version
+    row.unknown_outcome = False
+    row.claimed_until = None
+    row.last_error = None
+    row.next_attempt_at = None
+    row.attempts += 1
+    read = row.hub_ref in known.sequences
+    outbox = _set_status(
+        rt,
+        s,
+        row,
+        HubStatus.DELIVERED,
+        min(upd.occurred_at, now),
+        backoffice_ref=upd.backoffice_ref,
+        note=f"Sent to {conn.name}; reference {upd.backoffice_ref}",
+        source=conn.name,
+        last_sequence=known.sequences[row.hub_ref] if read else None,
+        clocks=known.clocks.get(row.hub_ref, []) if read else None,
+    )
+    if read:
+        known.sequences[row.hub_ref] = outbox.sequence
+    record_event(s, row.hub_ref, "delivered", connector=conn.name, backoffice_ref=upd.backoffice_ref,
+                 mapping_version=version, found_by="sync")
 
 
 _OUR_STATUSES = frozenset({HubStatus.RECEIVED.value, HubStatus.ROUTED.value, HubStatus.DELIVERED.value})
@@ -830,8 +873,6 @@ def _apply_update(
         record_event(s, hub_ref, "backoffice.update.stale", update_id=upd.update_id)
         return None
     status = tr.status or HubStatus(row.status)
-    if row.stage == "received":
-        row.stage = "delivered"  # the back office has it: our own delivery will find it and skip
     # the page read its cases' sequences and clocks up front: no query here, so the page's writes go out together
     read = known is not None and hub_ref in known.sequences
     outbox = _set_status(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 
 from hubbridge.workflows import pipeline
@@ -14,6 +16,7 @@ from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.store import (
     CaseRow,
     DeadLetterRow,
+    EventRow,
     HubUpdateRow,
     LinkRow,
     SyncCursorRow,
@@ -325,6 +328,39 @@ def test_a_lost_link_is_mended_once_by_a_page_holding_several_updates_of_the_job
     pipeline.push_cases(rig.rt, [ref])
     statuses = [u["status"] for u in rig.hub.updates_for(ref)]
     assert statuses[0] == "delivered" and len(statuses) >= 3  # delivered, then each step the page held
+
+
+def test_a_poll_that_finds_the_job_before_its_delivery_commits_tells_the_hub_delivered_first(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bartec has taken the case but the worker has not yet committed: the sync records the delivery."""
+    ref = accept(rig, missed_bins(1, seed=26)[0])
+    monkeypatch.setattr(rig.backoffice.faults, "slow_seconds", 1.5)
+    rig.backoffice.faults.next("slow", match="ServiceRequest_Create")  # the job is made, the answer waits
+    results: list[pipeline.Outcome] = []
+    worker = threading.Thread(target=lambda: results.append(pipeline.deliver_case(rig.rt, ref)))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while jobs(rig, ref) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert jobs(rig, ref) == 1
+    rig.backoffice.store.advance()  # and the job moves on before the worker hears back
+    names = sorted({r.connector.name for r in rig.rt.config.routes.values()})
+    touched = [t for name in names for t in pipeline.poll_connector(rig.rt, name).push]
+    assert ref in touched and worker.is_alive(), "the poll must run inside the delivery's window"
+    pipeline.push_cases(rig.rt, [ref])
+    worker.join(10)
+    assert [o.kind for o in results] == ["skipped"]
+    statuses = [u["status"] for u in rig.hub.updates_for(ref)]
+    assert statuses[0] == "delivered" and len(statuses) >= 2, statuses
+    assert rig.hub.updates_for(ref)[0]["backoffice_ref"] == rig.hub.backoffice_ref(ref)
+    case = row(rig, ref)
+    assert (case.stage, case.unknown_outcome, case.claimed_until, case.next_attempt_at) == (
+        "acknowledged", False, None, None)
+    assert case.mapping_version
+    assert jobs(rig, ref) == 1
+    with session_scope(rig.url) as s:
+        kinds = s.scalars(select(EventRow.kind).where(EventRow.hub_ref == ref).order_by(EventRow.id)).all()
+    assert kinds.count("delivered") == 1
 
 
 def test_a_first_delivery_calls_the_back_office_once_and_a_retry_looks_up_once(rig: Rig) -> None:
