@@ -94,6 +94,9 @@ def _warm_before_fork(**_: Any) -> None:
 
     from hubbridge.workflows import pipeline
 
+    # Celery sets up logging only after worker_init: configure it first, so nothing warm() binds or logs
+    # is left on structlog's defaults (console lines, no redaction) in every pool process.
+    _logging()
     routes = pipeline.runtime().warm()
     gc.freeze()
     structlog.get_logger(__name__).info("worker.warm", routes=routes)

@@ -108,7 +108,12 @@ class BartecConnector(Connector):
         self._statuses: dict[tuple[str, str], int] = {}  # (ServiceTypeID, status name) -> status ID
         self._note_type_id: int | None = None
         self._fields: dict[str, TargetField] | None = None
-        self.log = log.bind(instance=self.name)
+
+    @property
+    def log(self) -> Any:
+        # bound per use, not once here: a worker builds its connectors before logging is configured, and a
+        # logger bound then would keep structlog's defaults (no redaction, no JSON) for the process's life
+        return log.bind(instance=self.name)
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _authenticate(self) -> str:

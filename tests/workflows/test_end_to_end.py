@@ -7,6 +7,7 @@ RabbitMQ and PostgreSQL on localhost. The simulators' own records are the oracle
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,17 @@ def _check(stack: Stack, refs: list[str]) -> None:
         assert bartec.store.by_ref(bartec.store.by_hub_ref(_tenant(bartec, ref), ref)[0].tenant,
                                    links[ref]) is not None
     assert hub.out_of_order == []
+    _check_logs(stack)
+
+
+_CONSOLE_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[\s*\w+\s*\] ")
+
+
+def _check_logs(stack: Stack) -> None:
+    """With HUBBRIDGE_LOG_FORMAT=json every log line goes through the one configured chain (JSON, redacted)."""
+    for path in stack.root.glob("*.log"):
+        stray = [line for line in path.read_text(errors="replace").splitlines() if _CONSOLE_LINE.match(line)]
+        assert stray == [], f"{path.name}: log lines that bypassed the JSON renderer and redaction: {stray[:3]}"
 
 
 def _tenant(sim, ref: str) -> str:  # type: ignore[no-untyped-def]
