@@ -79,7 +79,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b\d{2}-\d{2}-\d{2}\b"), "[sort-code]"),
     (re.compile(r"\bGB\d{2}[A-Z]{4}\d{14}\b", re.I), "[iban]"),
     (re.compile(r"(?<![\w-])(?:\+44\s?|0)(?:\d[\s-]?){9,10}\b"), "[phone]"),
-    (re.compile(r"\b\d{8}\b"), "[account-number]"),
+    # not the first group of a UUID (a Celery task id in its own log lines)
+    (re.compile(r"\b\d{8}\b(?!-[0-9a-fA-F]{4}-)"), "[account-number]"),
     # A full postcode (with the inward part) narrows an address to a few houses; districts like B60 stay.
     (re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2}\b", re.I), "[postcode]"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [secret]"),

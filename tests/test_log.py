@@ -52,6 +52,10 @@ def test_redact_text_patterns(text: str, gone: str) -> None:
 def test_references_survive_redaction() -> None:
     assert redact_text("WH-2026-000123 sent as SR00051688 at UPRN 100120123456") == (
         "WH-2026-000123 sent as SR00051688 at UPRN 100120123456")
+    # a Celery task id whose first group happens to be all digits is not an account number
+    task = "Task hubbridge.deliver_case[12345678-2c23-4e98-82e1-cce0e71bc04d] succeeded"
+    assert redact_text(task) == task
+    assert "12345678" not in redact_text("account 12345678-")
 
 
 # -- real log output of a real pipeline run --------------------------------------------------------
