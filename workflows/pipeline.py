@@ -707,7 +707,8 @@ def poll_connector(rt: Runtime, name: str) -> Outcome:
             cur.polled_at = utcnow()
             cur.lease_until = None
     except IntegrityError as exc:
-        # a second poller took the same page first (a redelivered poll): nothing was applied twice
+        # a second poller took the same page first (a redelivered poll), or a delivery committed the link the page
+        # was about to mend: nothing was applied twice, and the page is read again
         _release_lease(rt, name)
         log.warning("sync.concurrent", connector=name, error=str(exc.orig)[:200])
         return Outcome("retry", "another poller took this page")
@@ -774,7 +775,8 @@ def _take_update(
         # answer and its commit, or its worker died there. Record the delivery now, so the Hub hears
         # `delivered` before the job's own news; the delivery, when it gets there, finds it done.
         row = known.cases.get(upd.hub_ref)
-        if row is not None:
+        # only the instance the case was routed to can hold our delivery; a job elsewhere naming it is not ours
+        if row is not None and row.connector in (None, conn.name):
             hub_ref = row.hub_ref
             s.add(LinkRow(hub_ref=hub_ref, connector=conn.name, backoffice_ref=upd.backoffice_ref))
             known.links[upd.backoffice_ref] = hub_ref

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import func, select, update
@@ -361,6 +362,23 @@ def test_a_poll_that_finds_the_job_before_its_delivery_commits_tells_the_hub_del
     with session_scope(rig.url) as s:
         kinds = s.scalars(select(EventRow.kind).where(EventRow.hub_ref == ref).order_by(EventRow.id)).all()
     assert kinds.count("delivered") == 1
+
+
+def test_a_job_naming_a_case_routed_to_another_instance_is_not_taken_for_its_delivery(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1, seed=27)[0])
+    own = row(rig, ref).connector
+    other = next(name for name in sorted(rig.rt.config.connectors) if name.startswith("refuse-") and name != own)
+    tenant = urlsplit(rig.rt.config.connectors[other].endpoint).path.strip("/")
+    stray = rig.backoffice.raise_direct(tenant, "100120123456", 238)  # typed in by hand with the case's ref
+    stray.hub_ref = ref
+    pipeline.poll_connector(rig.rt, other)
+    case = row(rig, ref)
+    assert case.stage == "received" and rig.hub.updates_for(ref) == []
+    with session_scope(rig.url) as s:
+        assert s.scalars(select(LinkRow.connector).where(LinkRow.hub_ref == ref)).all() == []
+    assert pipeline.deliver_case(rig.rt, ref).kind == "done"  # its own back office still gets it
+    with session_scope(rig.url) as s:
+        assert s.scalars(select(LinkRow.connector).where(LinkRow.hub_ref == ref)).all() == [own]
 
 
 def test_a_first_delivery_calls_the_back_office_once_and_a_retry_looks_up_once(rig: Rig) -> None:
