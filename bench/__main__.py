@@ -63,6 +63,8 @@ BENCHMARKS = (
               lambda r: [
                   (f"latency at {r['rate']:g}/s: p50 / p95", f"{r['p50']} / {r['p95']} ms", "", None),
                   (f"latency at {r['rate']:g}/s: p99", f"{r['p99']} ms", "< 250 ms", r["p99"] < 250),
+                  ("latency run: delivered / offered", f"{r.get('delivered_per_s')} / {r['offered_per_s']} cases/s",
+                   "", None),
                   ("latency run: lost", f"{r['lost']}", "0", r["lost"] == 0),
               ]),
     Benchmark("memory", "bench.memory", ("--cases", "100000"), ("--cases", "2000", "--batch", "500"), lambda r: [

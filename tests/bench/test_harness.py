@@ -52,6 +52,14 @@ def test_results_table_marks_targets_met_and_missed() -> None:
     assert len(e2e_bench.rows(result)) == len(rows)
 
 
+def test_results_table_shows_what_a_latency_run_delivered_against_what_it_offered() -> None:
+    result = {"rate": 50.0, "offered_per_s": 50.0, "delivered_per_s": 41.3, "p50": 2400.0, "p95": 6400.0,
+              "p99": 6700.0, "max": 7000.0, "lost": 0}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table({"latency": result}).splitlines()[2:]}
+    assert "| 41.3 / 50.0 cases/s |" in rows["latency run: delivered / offered"]
+    assert rows["latency at 50/s: p99"].endswith("| no |")
+
+
 @pytest.mark.services
 def test_floor_measures_each_piece_a_case_cannot_do_without() -> None:
     from bench import floor
