@@ -413,32 +413,17 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
                     created_at=now,
                 )
             )
-        row.stage = "delivered"
-        row.mapping_version = mapping.version
-        row.unknown_outcome = False
-        row.claimed_until = None
-        row.last_error = None
-        row.next_attempt_at = None
-        row.attempts = attempts + 1
-        outbox = _set_status(
+        outbox = _mark_delivered(
             rt,
             s,
             row,
-            HubStatus.DELIVERED,
-            now,
-            backoffice_ref=result.backoffice_ref,
-            note=f"Sent to {conn.name}; reference {result.backoffice_ref}",
-            source=conn.name,
-            last_sequence=sequence or 0,
-        )
-        record_event(
-            s,
-            hub_ref,
-            "delivered",
             connector=conn.name,
             backoffice_ref=result.backoffice_ref,
-            mapping=mapping.name,
             mapping_version=mapping.version,
+            attempts=attempts + 1,
+            at=now,
+            last_sequence=sequence or 0,
+            mapping=mapping.name,
             warnings=translation.warnings,
         )
     log.info("case.delivered", hub_ref=hub_ref, connector=conn.name, backoffice_ref=result.backoffice_ref)
@@ -446,13 +431,60 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
     return Outcome("done", result.backoffice_ref, push=[hub_ref], updates=[outbox] if outbox.sequence == 1 else [])
 
 
+def _mark_delivered(
+    rt: Runtime,
+    s: Session,
+    row: CaseRow,
+    *,
+    connector: str,
+    backoffice_ref: str,
+    mapping_version: str | None,
+    attempts: int,
+    at: datetime,
+    last_sequence: int | None = None,
+    clocks: list[Any] | None = None,
+    **event: Any,
+) -> HubUpdateRow:
+    """What a finished delivery writes: the case's stage with its claim cleared, the Hub's `delivered` update
+    and the audit event (with `event` added to it). Returns the outbox row."""
+    row.stage = "delivered"
+    row.mapping_version = mapping_version
+    row.unknown_outcome = False
+    row.claimed_until = None
+    row.last_error = None
+    row.next_attempt_at = None
+    row.attempts = attempts
+    outbox = _set_status(
+        rt,
+        s,
+        row,
+        HubStatus.DELIVERED,
+        at,
+        backoffice_ref=backoffice_ref,
+        note=f"Sent to {connector}; reference {backoffice_ref}",
+        source=connector,
+        last_sequence=last_sequence,
+        clocks=clocks,
+    )
+    record_event(s, row.hub_ref, "delivered", connector=connector, backoffice_ref=backoffice_ref,
+                 mapping_version=mapping_version, **event)
+    return outbox
+
+
+def _claimed_case(s: Session, hub_ref: str) -> CaseRow:
+    """The case a delivery claimed, locked for its outcome; no longer `received` if the sync found the job in
+    the back office meanwhile and recorded the delivery itself."""
+    row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref).with_for_update())
+    assert row is not None
+    return row
+
+
 def _retry_later(
     rt: Runtime, case: HubCase, exc: TransientError, instance: Any, *, unknown: bool = False, count_attempt: bool = True
 ) -> Outcome:
     with session_scope(rt.url) as s:
-        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == case.ref).with_for_update())
-        assert row is not None
-        if row.stage != "received":  # the sync found the job in the back office meanwhile and recorded it
+        row = _claimed_case(s, case.ref)
+        if row.stage != "received":
             return Outcome("skipped", f"already {row.stage}")
         if count_attempt:
             row.attempts += 1
@@ -499,8 +531,7 @@ def _claim_seconds(rt: Runtime, connector: str | None) -> float:
 
 def _give_up(rt: Runtime, case: HubCase, stage: str, reason: str, detail: str, connector: str | None = None) -> Outcome:
     with session_scope(rt.url) as s:
-        row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == case.ref).with_for_update())
-        assert row is not None
+        row = _claimed_case(s, case.ref)
         if row.stage != "received":
             return Outcome("skipped", f"already {row.stage}")
         row.stage = "dead"
@@ -757,6 +788,17 @@ class _PageLookups:
             sequences[ref] = last
         return cls(seen, links, cases, sequences, sla.clocks_for(s, list(cases)))
 
+    def preloaded(self, hub_ref: str) -> dict[str, Any]:
+        """`_set_status`'s `last_sequence` and `clocks` for a case, when the page read them up front."""
+        if hub_ref not in self.sequences:
+            return {}
+        return {"last_sequence": self.sequences[hub_ref], "clocks": self.clocks.get(hub_ref, [])}
+
+    def wrote(self, outbox: HubUpdateRow) -> None:
+        """Note an update queued for a case, so the page's next one for it follows in sequence."""
+        if outbox.hub_ref in self.sequences:
+            self.sequences[outbox.hub_ref] = outbox.sequence
+
 
 def _take_update(
     rt: Runtime, s: Session, conn: Connector, upd: BackOfficeUpdate, known: _PageLookups | None = None
@@ -799,31 +841,19 @@ def _record_found_delivery(
         version: str | None = rt.mapping_for(row.authority, row.service)[2].version
     except HubbridgeError:
         version = None  # the update's own translation will dead-letter with the reason
-    now = utcnow()
-    row.stage = "delivered"
-    row.mapping_version = version
-    row.unknown_outcome = False
-    row.claimed_until = None
-    row.last_error = None
-    row.next_attempt_at = None
-    row.attempts += 1
-    read = row.hub_ref in known.sequences
-    outbox = _set_status(
+    outbox = _mark_delivered(
         rt,
         s,
         row,
-        HubStatus.DELIVERED,
-        min(upd.occurred_at, now),
+        connector=conn.name,
         backoffice_ref=upd.backoffice_ref,
-        note=f"Sent to {conn.name}; reference {upd.backoffice_ref}",
-        source=conn.name,
-        last_sequence=known.sequences[row.hub_ref] if read else None,
-        clocks=known.clocks.get(row.hub_ref, []) if read else None,
+        mapping_version=version,
+        attempts=row.attempts + 1,
+        at=min(upd.occurred_at, utcnow()),
+        found_by="sync",
+        **known.preloaded(row.hub_ref),
     )
-    if read:
-        known.sequences[row.hub_ref] = outbox.sequence
-    record_event(s, row.hub_ref, "delivered", connector=conn.name, backoffice_ref=upd.backoffice_ref,
-                 mapping_version=version, found_by="sync")
+    known.wrote(outbox)
 
 
 _OUR_STATUSES = frozenset({HubStatus.RECEIVED.value, HubStatus.ROUTED.value, HubStatus.DELIVERED.value})
@@ -876,7 +906,6 @@ def _apply_update(
         return None
     status = tr.status or HubStatus(row.status)
     # the page read its cases' sequences and clocks up front: no query here, so the page's writes go out together
-    read = known is not None and hub_ref in known.sequences
     outbox = _set_status(
         rt,
         s,
@@ -887,11 +916,10 @@ def _apply_update(
         note=tr.note,
         resolution=tr.resolution,
         source=conn.name,
-        last_sequence=known.sequences[hub_ref] if known is not None and read else None,
-        clocks=known.clocks.get(hub_ref, []) if known is not None and read else None,
+        **(known.preloaded(hub_ref) if known is not None else {}),
     )
-    if known is not None and read:
-        known.sequences[hub_ref] = outbox.sequence
+    if known is not None:
+        known.wrote(outbox)
     return hub_ref
 
 
