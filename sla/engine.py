@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from hubbridge.case import HubStatus, Priority
@@ -35,6 +35,17 @@ def _utc(value: datetime) -> datetime:
 
 def _secs(delta: timedelta) -> int:
     return round(delta.total_seconds())
+
+
+# built once: a case's every step reads its clocks, and building the statement costs more than running it
+_CLOCKS_OF = select(SlaClockRow).where(SlaClockRow.hub_ref == bindparam("ref")).order_by(SlaClockRow.id)
+_CLOCKS_FOR = (select(SlaClockRow).where(SlaClockRow.hub_ref.in_(bindparam("refs", expanding=True)))
+               .order_by(SlaClockRow.id))
+
+
+def _columns(row: SlaClockRow) -> dict[str, Any]:
+    """The column values set on a new clock (the table's defaults fill the rest)."""
+    return {k: v for k, v in vars(row).items() if not k.startswith("_")}
 
 
 @dataclass
@@ -95,15 +106,13 @@ class SlaEngine:
     # ------------------------------------------------------------------ clock rules
 
     def clocks_of(self, session: Session, hub_ref: str) -> list[SlaClockRow]:
-        return list(session.scalars(select(SlaClockRow).where(SlaClockRow.hub_ref == hub_ref)
-                                    .order_by(SlaClockRow.id)))
+        return list(session.scalars(_CLOCKS_OF, {"ref": hub_ref}))
 
     def clocks_for(self, session: Session, hub_refs: Sequence[str]) -> dict[str, list[SlaClockRow]]:
         """Several cases' clocks in one query, keyed by Hub ref (a case with none is absent)."""
         out: dict[str, list[SlaClockRow]] = {}
         if hub_refs:
-            for row in session.scalars(select(SlaClockRow).where(SlaClockRow.hub_ref.in_(list(hub_refs)))
-                                       .order_by(SlaClockRow.id)):
+            for row in session.scalars(_CLOCKS_FOR, {"refs": list(hub_refs)}):
                 out.setdefault(row.hub_ref, []).append(row)
         return out
 
@@ -142,9 +151,14 @@ class SlaEngine:
             )
             if HubStatus.ROUTED in spec.rules.start_on:
                 self._run(row, at, first=True)
-            session.add(row)
             rows.append(row)
-        session.flush()
+        if new:
+            # nothing in this transaction holds them: one bulk INSERT, not the unit of work's INSERT ... RETURNING
+            # of every column (too many parameters for psycopg to cache the statement's parsing)
+            session.execute(insert(SlaClockRow), [_columns(r) for r in rows])
+        else:
+            session.add_all(rows)
+            session.flush()
         record_event(session, hub_ref, "sla.start", policy=key, priority=prio.value,
                      clocks={r.clock: r.due_at.isoformat() if r.due_at else None for r in rows})
         log.info("sla.start", hub_ref=hub_ref, policy=key, priority=prio.value)

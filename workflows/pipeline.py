@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -62,6 +62,54 @@ THROTTLE_WAIT_SECONDS = 1.0
 
 RAISE_BATCH = 20
 """Back-office-raised jobs sent to the Hub per poll of their connector instance."""
+
+# The hot path's statements are built once, here: building a SQLAlchemy statement (and its cache key) costs more
+# CPU than PostgreSQL spends running it. Updates go to the tables, not through the ORM's bulk-update machinery,
+# which synchronises the session's objects these sessions never hold.
+_CASES = CaseRow.__table__
+_OUTBOX = HubUpdateRow.__table__
+
+_NEW_CASE = insert(_CASES)
+_NEW_LINK = insert(LinkRow.__table__)
+_CASE_TO_CLAIM = select(CaseRow.id, CaseRow.stage, CaseRow.attempts, CaseRow.unknown_outcome, CaseRow.payload,
+                        CaseRow.connector).where(CaseRow.hub_ref == bindparam("ref"))
+_CLAIM = (
+    update(_CASES)
+    .where(
+        _CASES.c.id == bindparam("case_id"),
+        _CASES.c.stage == "received",
+        _CASES.c.claimed_until.is_(None) | (_CASES.c.claimed_until < bindparam("now")),
+    )
+    .values(claimed_until=bindparam("until"), unknown_outcome=True, next_attempt_at=bindparam("next"))
+)
+# the case, its last outbox sequence and whether it is linked to the instance yet, in one round trip
+_CASE_DELIVERED = (
+    select(
+        CaseRow,
+        select(func.max(HubUpdateRow.sequence)).where(HubUpdateRow.hub_ref == CaseRow.hub_ref).scalar_subquery(),
+        select(LinkRow.id).where(LinkRow.hub_ref == CaseRow.hub_ref, LinkRow.connector == bindparam("connector"))
+        .exists(),
+    )
+    .where(CaseRow.hub_ref == bindparam("ref"))
+    .with_for_update(of=CaseRow)
+)
+_CURSOR = select(SyncCursorRow.cursor).where(SyncCursorRow.connector == bindparam("name"))
+_CURSOR_MOVED = (
+    update(SyncCursorRow.__table__)
+    .where(SyncCursorRow.__table__.c.connector == bindparam("name"))
+    .values(cursor=bindparam("cursor"), polled_at=bindparam("polled_at"), lease_until=None)
+)
+_PUSHED = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(pushed_at=bindparam("now"), last_error=None)
+)
+_ACKNOWLEDGED = (
+    update(_CASES)
+    .where(_CASES.c.hub_ref.in_(bindparam("refs", expanding=True)), _CASES.c.stage == "delivered")
+    .values(stage="acknowledged")
+    .returning(_CASES.c.hub_ref)
+)
 
 
 @dataclass
@@ -254,23 +302,6 @@ def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str 
 
     now = utcnow()
     with session_scope(rt.url) as s:
-        s.add(
-            CaseRow(
-                hub_ref=case.ref,
-                authority=case.authority,
-                service=case.service,
-                priority=case.priority.value,
-                origin="hub",
-                status=HubStatus.ROUTED.value,
-                status_at=now,
-                stage="received",
-                payload=case.dump(),
-                connector=route.connector.name,
-                next_attempt_at=now + timedelta(seconds=rt.settings.reconcile_after_seconds),
-                received_at=now,
-                updated_at=now,
-            )
-        )
         record_event(s, case.ref, "received", channel=channel)
         record_event(
             s,
@@ -283,7 +314,21 @@ def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str 
         try:
             # A case the store already holds fails here, on the unique hub_ref: no look-up first, since a
             # duplicate is rare and the look-up was a round trip on every case.
-            s.flush()
+            s.execute(_NEW_CASE, {
+                "hub_ref": case.ref,
+                "authority": case.authority,
+                "service": case.service,
+                "priority": case.priority.value,
+                "origin": "hub",
+                "status": HubStatus.ROUTED.value,
+                "status_at": now,
+                "stage": "received",
+                "payload": case.dump(),
+                "connector": route.connector.name,
+                "next_attempt_at": now + timedelta(seconds=rt.settings.reconcile_after_seconds),
+                "received_at": now,
+                "updated_at": now,
+            })
             rt.sla.start(s, case.ref, case.service, case.authority, case.priority.value, now,
                          policy=route.sla_policy, escalation=route.escalation, new=True)
         except IntegrityError:
@@ -315,15 +360,11 @@ def _keep_rejected(
 
 # -- deliver --------------------------------------------------------------------------------------
 
-
 def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
     """Translate and deliver one case to its back office, exactly once, and queue the Hub's acknowledgement."""
     now = utcnow()
     with session_scope(rt.url) as s:
-        found = s.execute(
-            select(CaseRow.id, CaseRow.stage, CaseRow.attempts, CaseRow.unknown_outcome, CaseRow.payload,
-                   CaseRow.connector).where(CaseRow.hub_ref == hub_ref)
-        ).first()
+        found = s.execute(_CASE_TO_CLAIM, {"ref": hub_ref}).first()
         if found is None:
             return Outcome("skipped", "unknown case")
         # unknown_outcome still set means an earlier claim's worker never reported back (killed mid-call)
@@ -332,19 +373,12 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
             return Outcome("skipped", f"already {stage}")
         case = HubCase.model_validate(payload)
         # Claim the case atomically: a second copy of the message (a redelivery, a reconcile) backs off.
-        claimed = s.execute(
-            update(CaseRow)
-            .where(
-                CaseRow.id == case_id,
-                CaseRow.stage == "received",
-                (CaseRow.claimed_until.is_(None)) | (CaseRow.claimed_until < now),
-            )
-            .values(
-                claimed_until=now + timedelta(seconds=_claim_seconds(rt, connector)),
-                unknown_outcome=True,
-                next_attempt_at=now + timedelta(seconds=rt.settings.reconcile_after_seconds),
-            )
-        ).rowcount
+        claimed = s.execute(_CLAIM, {
+            "case_id": case_id,
+            "now": now,
+            "until": now + timedelta(seconds=_claim_seconds(rt, connector)),
+            "next": now + timedelta(seconds=rt.settings.reconcile_after_seconds),
+        }).rowcount
         if not claimed:
             return Outcome("skipped", "claimed by another worker")
 
@@ -393,26 +427,15 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
 
     now = utcnow()
     with session_scope(rt.url) as s:
-        # the case, its last outbox sequence and whether it is linked yet, in one round trip
-        last_sequence = (select(func.max(HubUpdateRow.sequence)).where(HubUpdateRow.hub_ref == CaseRow.hub_ref)
-                         .scalar_subquery())
-        linked = select(LinkRow.id).where(LinkRow.hub_ref == CaseRow.hub_ref, LinkRow.connector == conn.name).exists()
-        found = s.execute(
-            select(CaseRow, last_sequence, linked).where(CaseRow.hub_ref == hub_ref).with_for_update(of=CaseRow)
-        ).first()
+        found = s.execute(_CASE_DELIVERED, {"ref": hub_ref, "connector": conn.name}).first()
         if found is None or found[0].stage != "received":
             return Outcome("skipped", "delivered concurrently")
         row, sequence, exists = found
+        # read before anything is written, so the session flushes once, at the commit
+        clocks = rt.sla.clocks_of(s, hub_ref)
         if not exists:
-            s.add(
-                LinkRow(
-                    hub_ref=hub_ref,
-                    connector=conn.name,
-                    backoffice_ref=result.backoffice_ref,
-                    mapping_version=mapping.version,
-                    created_at=now,
-                )
-            )
+            s.execute(_NEW_LINK, {"hub_ref": hub_ref, "connector": conn.name, "backoffice_ref": result.backoffice_ref,
+                                  "mapping_version": mapping.version, "created_at": now})
         outbox = _mark_delivered(
             rt,
             s,
@@ -423,6 +446,7 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
             attempts=attempts + 1,
             at=now,
             last_sequence=sequence or 0,
+            clocks=clocks,
             mapping=mapping.name,
             warnings=translation.warnings,
         )
@@ -668,7 +692,7 @@ def push_cases(
     now = utcnow()
     with session_scope(rt.url) as s:
         if sent:
-            s.execute(update(HubUpdateRow).where(HubUpdateRow.id.in_(sent)).values(pushed_at=now, last_error=None))
+            s.execute(_PUSHED, {"ids": sent, "now": now})
         for row, exc in refused:
             s.execute(
                 update(HubUpdateRow)
@@ -686,12 +710,7 @@ def push_cases(
                         next_attempt_at=now + timedelta(seconds=delay))
             )
         if acks:
-            acked = s.scalars(
-                update(CaseRow)
-                .where(CaseRow.hub_ref.in_(list(acks)), CaseRow.stage == "delivered")
-                .values(stage="acknowledged")
-                .returning(CaseRow.hub_ref)
-            ).all()
+            acked = s.scalars(_ACKNOWLEDGED, {"refs": list(acks)}).all()
             for ref in acked:
                 upd = acks[ref]
                 record_event(s, ref, "hub.acknowledged", sequence=upd.sequence, backoffice_ref=upd.backoffice_ref)
@@ -705,8 +724,7 @@ def poll_connector(rt: Runtime, name: str) -> Outcome:
     """Pull one page of updates from a back office since its cursor and turn them into Hub updates."""
     conn = rt.connector(name)
     with session_scope(rt.url) as s:
-        cur = s.get(SyncCursorRow, name)
-        cursor = cur.cursor if cur else None
+        cursor = s.scalar(_CURSOR, {"name": name})
     throttle = retry.Throttle(rt.url, rt.config.connectors[name])
     try:
         with throttle.slot():
@@ -730,13 +748,10 @@ def poll_connector(rt: Runtime, name: str) -> Outcome:
                 ref = _take_update(rt, s, conn, upd, known)
                 if ref:
                     touched.append(ref)
-            cur = s.get(SyncCursorRow, name)
-            if cur is None:
-                cur = SyncCursorRow(connector=name)
-                s.add(cur)
-            cur.cursor = page.cursor
-            cur.polled_at = utcnow()
-            cur.lease_until = None
+            # a statement, not the row's object: reading the object would flush the page's writes a first time
+            moved = {"name": name, "cursor": page.cursor, "polled_at": utcnow()}
+            if not s.execute(_CURSOR_MOVED, moved).rowcount:
+                s.add(SyncCursorRow(connector=name, cursor=page.cursor, polled_at=moved["polled_at"]))
     except IntegrityError as exc:
         # a second poller took the same page first (a redelivered poll), or a delivery committed the link the page
         # was about to mend: nothing was applied twice, and the page is read again
