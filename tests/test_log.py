@@ -7,8 +7,10 @@ import logging
 
 import pytest
 import structlog
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from hubbridge.log import configure_logging, redact_text
+from hubbridge.log import _PATTERNS, configure_logging, redact_text
 
 
 @pytest.fixture
@@ -47,6 +49,18 @@ def test_stdlib_logging_goes_through_the_same_redaction(json_logs: pytest.Captur
 ])
 def test_redact_text_patterns(text: str, gone: str) -> None:
     assert gone not in redact_text(text)
+
+
+@settings(max_examples=400, deadline=None)
+@example("Basic abc=")
+@example("bearer tok")
+@example("a@b.co")
+@given(st.text(alphabet=st.sampled_from("aAbBeErRsSiIcC GBQW@.-+:0123456789\n"), max_size=40))
+def test_text_skipped_as_holding_no_pattern_is_what_every_pattern_leaves(text: str) -> None:
+    by_every_pattern = text
+    for pattern, replacement in _PATTERNS:
+        by_every_pattern = pattern.sub(replacement, by_every_pattern)
+    assert redact_text(text) == by_every_pattern
 
 
 def test_references_survive_redaction() -> None:
