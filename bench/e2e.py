@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stack import BenchStack, cases_for, measure_ceiling, write_result
+from bench.stack import BenchStack, cases_for, cpu_per_case, measure_ceiling, write_result
 
 
 def run(
@@ -169,13 +169,6 @@ def stage_costs(cases: int, *, embedded: bool = False) -> dict[str, Any]:
         "store": "sqlite" if embedded else "postgresql",
         "per_case": {k: {m: round(v / per[k], 2) for m, v in st.items()} for k, st in stages.items()},
     }
-
-
-def cpu_per_case(before: dict[str, float], after: dict[str, float], cases: int) -> dict[str, float]:
-    """CPU milliseconds per case by component; contention on a shared machine does not inflate these."""
-    out = {k: round((after[k] - before.get(k, 0.0)) * 1000 / max(cases, 1), 2) for k in after}
-    out["total"] = round(sum(v for k, v in out.items() if k != "driver"), 2)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

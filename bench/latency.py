@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from bench.stack import BenchStack, cases_for, write_result
+from bench.stack import BenchStack, cases_for, cpu_per_case, write_result
 
 
 def run(
@@ -39,8 +39,10 @@ def run(
         stack.wait_settled(len(warm), 60)
         if profile:
             stack.start_profiles("latency-embedded" if embedded else "latency")
+        cpu_before = stack.cpu_snapshot()
         submitted = stack.submit(generated, rate=rate)
         stack.wait_settled(submitted.accepted + len(warm), 120)
+        cpu = cpu_per_case(cpu_before, stack.cpu_snapshot(), submitted.accepted)
         out = stack.outcome(submitted)
         stack.stop_profiles()
     span = submitted.last - submitted.first
@@ -52,6 +54,8 @@ def run(
         # below the offered rate, the stack is past its capacity and the queue (and so latency) grows all run
         "delivered_per_s": out["cases_per_s"],
         **out["latency_ms"],
+        # at the offered rate, two cores can give each case at most 2000 / rate ms of CPU, the harness included
+        "cpu_ms_per_case": cpu,
         "lost": out["lost"],
         "acknowledged": out["acknowledged"],
         "dead_lettered": out["dead_lettered"],

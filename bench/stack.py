@@ -540,6 +540,13 @@ def worker_rss_kib(root_pid: int) -> int:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def cpu_per_case(before: dict[str, float], after: dict[str, float], cases: int) -> dict[str, float]:
+    """CPU milliseconds per case by component; contention on a shared machine does not inflate these."""
+    out = {k: round((after[k] - before.get(k, 0.0)) * 1000 / max(cases, 1), 2) for k in after}
+    out["total"] = round(sum(v for k, v in out.items() if k != "driver"), 2)
+    return out
+
+
 def cpu_seconds(pids: Iterable[int]) -> float:
     """User + system CPU seconds of live processes (from /proc/PID/stat), each counted once."""
     total = 0

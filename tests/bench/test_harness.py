@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import e2e
+from bench import e2e, latency
 from bench.__main__ import BENCHMARKS, table
 
 CASES = 8
@@ -58,6 +58,16 @@ def test_results_table_shows_what_a_latency_run_delivered_against_what_it_offere
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table({"latency": result}).splitlines()[2:]}
     assert "| 41.3 / 50.0 cases/s |" in rows["latency run: delivered / offered"]
     assert rows["latency at 50/s: p99"].endswith("| no |")
+
+
+def test_latency_harness_accounts_for_every_case_and_its_cpu() -> None:
+    result = latency.run(4, 2, embedded=True)
+    assert result["cases"] == 8 and result["lost"] == 0, result
+    assert result["acknowledged"] + result["dead_lettered"] == 8, result
+    assert result["delivered_per_s"] > 0 and result["p50"] <= result["p99"] <= result["max"]
+    # the CPU the cases cost, by process, read from /proc over the scheduled run
+    assert result["cpu_ms_per_case"]["worker"] > 0 and result["cpu_ms_per_case"]["api"] > 0, result
+    assert result["cpu_ms_per_case"]["total"] >= result["cpu_ms_per_case"]["worker"]
 
 
 @pytest.mark.services
