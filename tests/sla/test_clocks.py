@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from hubbridge.case import HubStatus
+from hubbridge.config.settings import SHIPPED_CONFIG_DIR
 from hubbridge.errors import HubbridgeError
 from hubbridge.sla.engine import SlaEngine
 from hubbridge.sla.tables import SlaPauseRow
@@ -172,3 +174,32 @@ def test_show_lists_clocks_pauses_and_standing(sla: SlaEngine, session: Session)
     assert views["acknowledge"].standing == "met"
     data = views["resolve"].as_dict()
     assert data["started_at"] == MON.isoformat()
+
+
+def test_a_new_cases_clocks_are_written_whether_or_not_they_start_on_routed(
+    store: Engine, tmp_path: Path
+) -> None:
+    # a council's own policy: the resolve clock waits for the back office's acknowledgement
+    text = (SHIPPED_CONFIG_DIR / "sla.yaml").read_text()
+    text = text.replace("  resolve:                     # the case is resolved\n    start_on: [routed]",
+                        "  resolve:                     # the case is resolved\n    start_on: [acknowledged]")
+    assert "start_on: [acknowledged]" in text
+    (tmp_path / "sla.yaml").write_text(text)
+    engine = SlaEngine.from_config(tmp_path)
+    with Session(store) as s:
+        add_case(s, REF, "refuse.bulky-waste")
+        rows = engine.start(s, REF, "refuse.bulky-waste", "bromsgrove", "normal", MON, new=True)
+        assert {r.clock: r.state for r in rows} == {"acknowledge": "running", "resolve": "pending"}
+        s.commit()
+    with Session(store) as s:  # read back from the table, as the delivery will
+        by = {c.clock: c for c in engine.clocks_of(s, REF)}
+        assert (by["acknowledge"].state, by["acknowledge"].due_at) == ("running", utc(2026, 3, 6, 17, 0))
+        assert (by["resolve"].state, by["resolve"].due_at, by["resolve"].spent_s) == ("pending", None, 0)
+        assert by["resolve"].created_at is not None and by["resolve"].warned is False
+        engine.on_status(s, REF, HubStatus.ACKNOWLEDGED, MON + 3 * H)
+        s.commit()
+    with Session(store) as s:
+        by = {c.clock: c for c in engine.clocks_of(s, REF)}
+        assert (by["acknowledge"].state, by["resolve"].state) == ("stopped", "running")
+        # 20 working days of 8 h from Mon 2 March 12:00: noon on 30 March, British Summer Time by then
+        assert by["resolve"].due_at == utc(2026, 3, 30, 11, 0)
