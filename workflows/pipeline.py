@@ -360,6 +360,7 @@ def _keep_rejected(
 
 # -- deliver --------------------------------------------------------------------------------------
 
+
 def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
     """Translate and deliver one case to its back office, exactly once, and queue the Hub's acknowledgement."""
     now = utcnow()
