@@ -24,7 +24,7 @@ def run(
     cases: int,
     *,
     embedded: bool = False,
-    concurrency: int = 2,
+    concurrency: int | None = None,
     pool: str = "prefork",
     ceiling_tasks: int | None = None,
     threads: int = 4,
@@ -72,7 +72,7 @@ def run(
         "month_70k_minutes": round(70_000 / out["cases_per_s"] / 60, 1) if out["cases_per_s"] else None,
         "broker": "embedded+sqlite" if embedded else "rabbitmq",
         "store": "sqlite" if embedded else "postgresql",
-        "worker": {"pool": pool, "concurrency": concurrency},
+        "worker": {"pool": pool, "concurrency": stack.workers},
         "log_level": log_level,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=2000)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--embedded", action="store_true", help="embedded SQLite broker and store, no servers")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes (or threads)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
     parser.add_argument("--ceiling-tasks", type=int, default=None, help="empty tasks for the ceiling")
     parser.add_argument("--threads", type=int, default=4, help="driver threads posting cases")

@@ -22,7 +22,7 @@ def run(
     seconds: float,
     *,
     embedded: bool = False,
-    concurrency: int = 2,
+    concurrency: int | None = None,
     pool: str = "prefork",
     log_level: str = "INFO",
     profile: bool = False,
@@ -61,7 +61,7 @@ def run(
         "dead_lettered": out["dead_lettered"],
         "broker": "embedded+sqlite" if embedded else "rabbitmq",
         "store": "sqlite" if embedded else "postgresql",
-        "worker": {"pool": pool, "concurrency": concurrency},
+        "worker": {"pool": pool, "concurrency": stack.workers},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--embedded", action="store_true", help="embedded SQLite broker and store")
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--profile", action="store_true", help="py-spy the API and worker into var/bench/profiles/")

@@ -25,7 +25,7 @@ def run(
     cases: int,
     *,
     embedded: bool = False,
-    concurrency: int = 2,
+    concurrency: int | None = None,
     pool: str = "prefork",
     log_level: str = "WARNING",
     batch: int = 5000,
@@ -92,7 +92,7 @@ def run(
         "growth_pct": round((end - base) / base * 100, 2),
         "duration_s": round(samples[-1][0], 1) if samples else 0.0,
         "broker": "embedded+sqlite" if embedded else "rabbitmq",
-        "worker": {"pool": pool, "concurrency": concurrency},
+        "worker": {"pool": pool, "concurrency": stack.workers},
         "series": [[round(t, 1), n, kib] for t, n, kib in samples[:: max(1, len(samples) // 60)]],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--embedded", action="store_true", help="embedded SQLite broker and store")
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--batch", type=int, default=5000, help="cases posted before waiting for them to settle")

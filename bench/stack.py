@@ -195,7 +195,7 @@ class BenchStack:
     """One hubbridge deployment on loopback; `embedded` selects SQLite + the embedded broker."""
 
     embedded: bool = False
-    concurrency: int = 2
+    concurrency: int | None = None  # None: the worker's own default (HUBBRIDGE_WORKER_CONCURRENCY, else CPUs + 1)
     pool: str = "prefork"
     log_level: str = "INFO"
     tick_seconds: float | None = None
@@ -301,8 +301,15 @@ class BenchStack:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(30)
 
+    @property
+    def workers(self) -> int:
+        """Pool processes (or threads) of the worker: as given, else what `hubbridge worker` would start."""
+        from hubbridge.config.settings import Settings
+
+        return self.concurrency or Settings().resolved_worker_concurrency
+
     def worker_args(self) -> list[str]:
-        return [f"--concurrency={self.concurrency}", f"--pool={self.pool}", "--loglevel=WARNING"]
+        return [f"--concurrency={self.workers}", f"--pool={self.pool}", "--loglevel=WARNING"]
 
     def spawn(self, name: str, args: list[str], *, python: bool = True) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,6 +38,12 @@ class Settings(BaseSettings):
         description="Replace a worker pool process once its resident memory passes this many MiB (after its "
         "task): a slow leak then costs a fork from the warmed parent, not an outage. 0 never replaces",
     )
+    worker_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Worker pool processes; by default one more than the CPUs the worker may run on, so a long "
+        "poll shares the CPU with deliveries instead of holding a process they wait for",
+    )
 
     @property
     def resolved_mappings_dir(self) -> Path:
@@ -50,6 +57,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'hubbridge.sqlite').resolve()}"
+
+    @property
+    def resolved_worker_concurrency(self) -> int:
+        if self.worker_concurrency is not None:
+            return self.worker_concurrency
+        # the CPUs this process may use (affinity, as taskset or a container's cpuset sets), not the host's
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return cpus + 1
 
     @property
     def resolved_broker_url(self) -> str:

@@ -42,7 +42,9 @@ def migrate() -> None:
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(help="Worker processes")] = 2,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Worker processes [default: HUBBRIDGE_WORKER_CONCURRENCY, else CPUs + 1]")
+    ] = None,
     queues: Annotated[str, typer.Option(help="Queues to consume")] = "hubbridge.deliver,hubbridge.hub,"
     "hubbridge.sync,hubbridge.control",
     pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
@@ -52,11 +54,12 @@ def worker(
     from hubbridge.workflows.app import app as celery_app
     from hubbridge.workflows.store import migrate as run
 
-    run(get_settings().resolved_database_url)
+    settings = get_settings()
+    run(settings.resolved_database_url)
     celery_app.worker_main(
         [
             "worker",
-            f"--concurrency={concurrency}",
+            f"--concurrency={concurrency or settings.resolved_worker_concurrency}",
             f"--queues={queues}",
             f"--pool={pool}",
             f"--loglevel={loglevel}",

@@ -68,6 +68,10 @@ def test_latency_harness_accounts_for_every_case_and_its_cpu() -> None:
     # the CPU the cases cost, by process, read from /proc over the scheduled run
     assert result["cpu_ms_per_case"]["worker"] > 0 and result["cpu_ms_per_case"]["api"] > 0, result
     assert result["cpu_ms_per_case"]["total"] >= result["cpu_ms_per_case"]["worker"]
+    # measured as deployed: the worker's own default pool size unless the run asks for another
+    from hubbridge.config.settings import Settings
+
+    assert result["worker"]["concurrency"] == Settings().resolved_worker_concurrency
 
 
 @pytest.mark.services

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,3 +62,42 @@ def test_a_pool_process_is_replaced_past_its_memory_limit_and_the_limit_can_be_l
     assert limit() == 512 * 1024  # the default: a slow leak costs a fork from the warmed parent, not an outage
     assert limit(worker_max_memory_mib=300) == 300 * 1024  # Celery counts KiB
     assert limit(worker_max_memory_mib=0) is None  # 0: never replace
+
+
+def test_the_worker_runs_one_more_pool_process_than_it_has_cpus_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from pydantic import ValidationError
+
+    from hubbridge.config.settings import Settings
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("HUBBRIDGE_WORKER_CONCURRENCY", raising=False)
+    assert Settings().resolved_worker_concurrency == cpus + 1
+    monkeypatch.setenv("HUBBRIDGE_WORKER_CONCURRENCY", "5")
+    assert Settings().resolved_worker_concurrency == 5
+    monkeypatch.setenv("HUBBRIDGE_WORKER_CONCURRENCY", "0")
+    with pytest.raises(ValidationError, match="worker_concurrency"):
+        Settings()
+
+    # `hubbridge worker` with no --concurrency, on the embedded broker: count the pool processes it forks
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBRIDGE_")}
+    env["HUBBRIDGE_DATA_DIR"] = str(tmp_path / "var")
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "hubbridge.workflows.cli", "worker", "--loglevel=INFO"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        children: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            if len(children) >= cpus + 1 and "ready" in (tmp_path / "worker.log").read_text():
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        assert len(children) == cpus + 1, (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
