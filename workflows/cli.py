@@ -43,7 +43,8 @@ def migrate() -> None:
 @app.command()
 def worker(
     concurrency: Annotated[
-        int | None, typer.Option(help="Worker processes [default: HUBBRIDGE_WORKER_CONCURRENCY, else CPUs + 1]")
+        int | None,
+        typer.Option(min=1, help="Worker processes [default: HUBBRIDGE_WORKER_CONCURRENCY, else CPUs + 1]"),
     ] = None,
     queues: Annotated[str, typer.Option(help="Queues to consume")] = "hubbridge.deliver,hubbridge.hub,"
     "hubbridge.sync,hubbridge.control",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -67,8 +69,6 @@ def test_a_pool_process_is_replaced_past_its_memory_limit_and_the_limit_can_be_l
 def test_the_worker_runs_one_more_pool_process_than_it_has_cpus_unless_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import os
-
     from pydantic import ValidationError
 
     from hubbridge.config.settings import Settings
@@ -85,9 +85,9 @@ def test_the_worker_runs_one_more_pool_process_than_it_has_cpus_unless_told(
     # `hubbridge worker` with no --concurrency, on the embedded broker: count the pool processes it forks
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBRIDGE_")}
     env["HUBBRIDGE_DATA_DIR"] = str(tmp_path / "var")
-    log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "hubbridge.workflows.cli", "worker", "--loglevel=INFO"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with (tmp_path / "worker.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "hubbridge.workflows.cli", "worker", "--loglevel=INFO"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         children: list[str] = []
         deadline = time.monotonic() + 90
@@ -99,5 +99,6 @@ def test_the_worker_runs_one_more_pool_process_than_it_has_cpus_unless_told(
         assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
         assert len(children) == cpus + 1, (tmp_path / "worker.log").read_text()[-3000:]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a worker that died at start leaves no group to stop
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
