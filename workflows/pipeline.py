@@ -71,8 +71,10 @@ _OUTBOX = HubUpdateRow.__table__
 
 _NEW_CASE = insert(_CASES)
 _NEW_LINK = insert(LinkRow.__table__)
-_CASE_TO_CLAIM = select(CaseRow.id, CaseRow.stage, CaseRow.attempts, CaseRow.unknown_outcome, CaseRow.payload,
-                        CaseRow.connector).where(CaseRow.hub_ref == bindparam("ref"))
+_CASE_TO_CLAIM = select(
+    CaseRow.id, CaseRow.stage, CaseRow.attempts, CaseRow.unknown_outcome, CaseRow.payload, CaseRow.connector,
+    select(func.max(HubUpdateRow.sequence)).where(HubUpdateRow.hub_ref == CaseRow.hub_ref).scalar_subquery(),
+).where(CaseRow.hub_ref == bindparam("ref"))
 _CLAIM = (
     update(_CASES)
     .where(
@@ -361,15 +363,19 @@ def _keep_rejected(
 # -- deliver --------------------------------------------------------------------------------------
 
 
-def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
-    """Translate and deliver one case to its back office, exactly once, and queue the Hub's acknowledgement."""
+def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome:
+    """Translate and deliver one case to its back office, exactly once, and tell the Hub its back-office reference.
+
+    With `tell_hub`, the Hub's `delivered` update is sent as soon as the back office answers and recorded in the
+    delivery's own commit; otherwise (or when the Hub cannot take it now) it is left in the outbox for a push.
+    """
     now = utcnow()
     with session_scope(rt.url) as s:
         found = s.execute(_CASE_TO_CLAIM, {"ref": hub_ref}).first()
         if found is None:
             return Outcome("skipped", "unknown case")
         # unknown_outcome still set means an earlier claim's worker never reported back (killed mid-call)
-        case_id, stage, attempts, unknown, payload, connector = found
+        case_id, stage, attempts, unknown, payload, connector, last_sequence = found
         if stage != "received":
             return Outcome("skipped", f"already {stage}")
         case = HubCase.model_validate(payload)
@@ -427,6 +433,12 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
         return _give_up(rt, case, "deliver", "refused", str(exc), connector=route.connector.name)
 
     now = utcnow()
+    told: _Told | None = None
+    if tell_hub and not last_sequence:
+        # Tell the Hub before our commit rather than after it, in a transaction of its own: a crash in between
+        # leaves the case claimed, its retry finds the job and sends the same update, which the Hub already has.
+        # A case with earlier updates leaves this one to the push, which keeps their order.
+        told = _tell_hub(rt, _delivered_update(hub_ref, 1, conn.name, result.backoffice_ref, now))
     with session_scope(rt.url) as s:
         found = s.execute(_CASE_DELIVERED, {"ref": hub_ref, "connector": conn.name}).first()
         if found is None or found[0].stage != "received":
@@ -451,9 +463,66 @@ def deliver_case(rt: Runtime, hub_ref: str) -> Outcome:
             mapping=mapping.name,
             warnings=translation.warnings,
         )
+        if told is not None and outbox.sequence == 1:
+            told.record(s, row, outbox)
     log.info("case.delivered", hub_ref=hub_ref, connector=conn.name, backoffice_ref=result.backoffice_ref)
+    if told is not None and outbox.sequence == 1:
+        # sent (or dead-lettered) with the delivery; a Hub that failed gets a push task, which backs off
+        return Outcome("done", result.backoffice_ref, push=[] if told.settled else [hub_ref])
     # the case's first update is all it has to push: hand it over so the push need not read it back
     return Outcome("done", result.backoffice_ref, push=[hub_ref], updates=[outbox] if outbox.sequence == 1 else [])
+
+
+def _delivered_note(connector: str, backoffice_ref: str) -> str:
+    return f"Sent to {connector}; reference {backoffice_ref}"
+
+
+def _delivered_update(hub_ref: str, sequence: int, connector: str, backoffice_ref: str, at: datetime) -> CaseUpdate:
+    """The Hub's `delivered` update, as `_mark_delivered` writes it to the outbox."""
+    return CaseUpdate(ref=hub_ref, status=HubStatus.DELIVERED, sequence=sequence, backoffice_ref=backoffice_ref,
+                      note=_delivered_note(connector, backoffice_ref), source=connector, occurred_at=at)
+
+
+@dataclass
+class _Told:
+    """How the Hub took a delivery's `delivered` update, sent before the delivery's commit."""
+
+    update: CaseUpdate
+    error: Exception | None = None  # None: the Hub has it
+
+    @property
+    def settled(self) -> bool:
+        """Sent, or refused for good: nothing is left for a push to try."""
+        return self.error is None or (isinstance(self.error, ConnectorError)
+                                      and not isinstance(self.error, TransientError))
+
+    def record(self, s: Session, row: CaseRow, outbox: HubUpdateRow) -> None:
+        """Write the outcome into the delivery's transaction, as `push_cases` would have after its own."""
+        now = utcnow()
+        if self.error is None:
+            outbox.pushed_at = now
+            row.stage = "acknowledged"
+            record_event(s, row.hub_ref, "hub.acknowledged", sequence=outbox.sequence,
+                         backoffice_ref=self.update.backoffice_ref)
+        elif self.settled:
+            outbox.pushed_at = now
+            outbox.last_error = f"dead-lettered: {self.error}"[:2000]
+            dead_letter(s, stage="push", reason="hub_refused", detail=str(self.error), payload=outbox.payload,
+                        hub_ref=row.hub_ref)
+        else:
+            retry_after = self.error.retry_after if isinstance(self.error, TransientError) else None
+            outbox.attempts = 1
+            outbox.last_error = str(self.error)[:2000]
+            outbox.next_attempt_at = now + timedelta(seconds=retry.backoff(retry.HUB_RETRY, 1, retry_after))
+
+
+def _tell_hub(rt: Runtime, upd: CaseUpdate) -> _Told:
+    try:
+        rt.hub.push_update(upd)
+    except Exception as exc:  # whatever it was, the delivery must still be recorded: the back office has the job
+        log.warning("deliver.hub_not_told", hub_ref=upd.ref, error=str(exc)[:200])
+        return _Told(upd, exc)
+    return _Told(upd)
 
 
 def _mark_delivered(
@@ -486,7 +555,7 @@ def _mark_delivered(
         HubStatus.DELIVERED,
         at,
         backoffice_ref=backoffice_ref,
-        note=f"Sent to {connector}; reference {backoffice_ref}",
+        note=_delivered_note(connector, backoffice_ref),
         source=connector,
         last_sequence=last_sequence,
         clocks=clocks,

@@ -46,10 +46,10 @@ def enqueue_push(hub_ref: str, priority: int = 0) -> None:
     push_hub.apply_async(args=[hub_ref], priority=priority)
 
 
-def _push_now(rt: pipeline.Runtime, refs: list[str], pending: list[Any] | None = None, *, event: str) -> list[str]:
+def _push_now(rt: pipeline.Runtime, refs: list[str], *, event: str) -> list[str]:
     """Push these cases' Hub updates from the running task; returns the refs left for push tasks of their own."""
     try:
-        pushed = pipeline.push_cases(rt, refs, pending)
+        pushed = pipeline.push_cases(rt, refs)
         return [ref for ref in refs if pushed[ref].kind != "done"]
     except Exception as exc:  # the outbox rows stay pending: the queued push (or reconcile) takes them
         log.warning(event, refs=len(refs), error=str(exc)[:200])
@@ -67,10 +67,9 @@ def _after(task: Task, outcome: pipeline.Outcome, *, hub_ref: str | None = None)
 @app.task(name="hubbridge.deliver_case", bind=True, max_retries=None, **STORE_RETRY)
 def deliver_case(self: Task, hub_ref: str) -> str:
     rt = pipeline.runtime()
+    # the delivery tells the Hub itself; what is left in `push` (a Hub that failed, a case with earlier updates
+    # to send first) goes to a push task of its own, which backs off
     outcome = pipeline.deliver_case(rt, hub_ref)
-    if outcome.kind == "done" and outcome.push == [hub_ref]:
-        # acknowledge the Hub in this task: one task per case, not two
-        outcome.push = _push_now(rt, outcome.push, outcome.updates or None, event="deliver.inline_push_failed")
     try:
         _after(self, outcome, hub_ref=hub_ref)
     except Retry:

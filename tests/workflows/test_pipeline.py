@@ -52,15 +52,28 @@ def jobs(rig: Rig, ref: str) -> int:
 
 
 def test_delivery_links_the_case_and_acknowledges_the_hub(rig: Rig) -> None:
-    ref = accept(rig, missed_bins(1)[0])
-    out = pipeline.deliver_case(rig.rt, ref)
-    assert out.kind == "done" and out.push == [ref]
-    assert pipeline.push_hub(rig.rt, ref).kind == "done"
+    cases = missed_bins(12)
+    first, case = next((a, b) for a, b in itertools.combinations(cases, 2) if a["authority"] == b["authority"])
+    # a first delivery to the same back office, so its circuit breaker's own bookkeeping is not counted below
+    assert pipeline.deliver_case(rig.rt, accept(rig, first)).kind == "done"
+    ref = accept(rig, case)
+    with Commits(rig) as commits:
+        out = pipeline.deliver_case(rig.rt, ref)
+    assert out.kind == "done" and out.push == []  # the Hub was told by the delivery itself
+    assert commits.n == 2  # the claim, then the delivery with the Hub's answer
     r = row(rig, ref)
     assert r.stage == "acknowledged" and r.status == "delivered" and r.mapping_version
     with session_scope(rig.url) as s:
         link = s.scalar(select(LinkRow).where(LinkRow.hub_ref == ref))
+        [outbox] = s.scalars(select(HubUpdateRow).where(HubUpdateRow.hub_ref == ref)).all()
+        kinds = s.scalars(select(EventRow.kind).where(EventRow.hub_ref == ref).order_by(EventRow.id)).all()
     assert link is not None and rig.hub.backoffice_ref(ref) == link.backoffice_ref
+    # what the Hub got is what the outbox recorded as sent
+    [sent] = rig.hub.updates_for(ref)
+    assert outbox.pushed_at is not None and outbox.sequence == sent["sequence"] == 1
+    assert {k: sent[k] for k in outbox.payload} == outbox.payload
+    assert kinds[-2:] == ["delivered", "hub.acknowledged"]
+    assert pipeline.push_hub(rig.rt, ref) == pipeline.Outcome("done", "0 sent")
     assert jobs(rig, ref) == 1
     # a redelivered message changes nothing
     assert pipeline.deliver_case(rig.rt, ref).kind == "skipped"
@@ -187,8 +200,14 @@ def test_updates_reach_the_hub_in_order_once(rig: Rig) -> None:
 
 def test_hub_outage_keeps_updates_in_order_until_it_answers(rig: Rig) -> None:
     ref = accept(rig, missed_bins(1)[0])
-    pipeline.deliver_case(rig.rt, ref)
     rig.hub.faults.down = True
+    out = pipeline.deliver_case(rig.rt, ref)
+    # the back office has the job: the delivery is recorded, its Hub update left for a push that backs off
+    assert out.kind == "done" and out.push == [ref]
+    with session_scope(rig.url) as s:
+        [pending] = s.scalars(select(HubUpdateRow).where(HubUpdateRow.hub_ref == ref)).all()
+    assert pending.pushed_at is None and pending.attempts == 1 and pending.next_attempt_at > utcnow()
+    assert row(rig, ref).stage == "delivered" and jobs(rig, ref) == 1
     assert pipeline.push_hub(rig.rt, ref).kind == "retry"
     assert row(rig, ref).stage == "delivered"
     rig.hub.faults.down = False
@@ -205,7 +224,7 @@ def test_reconcile_requeues_lost_work(rig: Rig) -> None:
     sweep = pipeline.reconcile(rig.rt, now=later)
     assert sweep.deliver == [ref]
     assert pipeline.reconcile(rig.rt, now=later).deliver == []  # leased again: not queued twice
-    pipeline.deliver_case(rig.rt, ref)
+    pipeline.deliver_case(rig.rt, ref, tell_hub=False)
     sweep = pipeline.reconcile(rig.rt, now=later + timedelta(seconds=rig.rt.settings.reconcile_after_seconds + 1))
     assert ref in sweep.push  # its Hub update was never pushed
 
@@ -236,7 +255,7 @@ class Commits:
 def test_one_push_sends_several_cases_and_records_them_in_one_transaction(rig: Rig) -> None:
     refs = [accept(rig, c) for c in missed_bins(3, seed=21)]
     for ref in refs:
-        assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+        assert pipeline.deliver_case(rig.rt, ref, tell_hub=False).kind == "done"
     with Commits(rig) as commits:
         outcomes = pipeline.push_cases(rig.rt, refs)
     assert {ref: o.kind for ref, o in outcomes.items()} == dict.fromkeys(refs, "done")
@@ -253,7 +272,7 @@ def test_one_push_sends_several_cases_and_records_them_in_one_transaction(rig: R
 def test_a_hub_failure_stops_the_batch_and_leaves_every_untried_case_pending(rig: Rig) -> None:
     refs = [accept(rig, c) for c in missed_bins(3, seed=22)]
     for ref in refs:
-        pipeline.deliver_case(rig.rt, ref)
+        pipeline.deliver_case(rig.rt, ref, tell_hub=False)
     rig.hub.faults.next("error500")  # the first push fails, the Hub is fine afterwards
     outcomes = pipeline.push_cases(rig.rt, refs)
     assert [outcomes[ref].kind for ref in refs] == ["retry", "retry", "retry"]
@@ -271,7 +290,7 @@ def test_a_hub_failure_stops_the_batch_and_leaves_every_untried_case_pending(rig
 def test_a_refused_update_is_dead_lettered_and_the_rest_of_the_batch_goes(rig: Rig) -> None:
     refs = [accept(rig, c) for c in missed_bins(2, seed=23)]
     for ref in refs:
-        pipeline.deliver_case(rig.rt, ref)
+        pipeline.deliver_case(rig.rt, ref, tell_hub=False)
     rig.hub._known = {refs[1]}  # the Hub does not know the first case: HTTP 404, refused
     try:
         outcomes = pipeline.push_cases(rig.rt, refs)
@@ -286,7 +305,7 @@ def test_a_refused_update_is_dead_lettered_and_the_rest_of_the_batch_goes(rig: R
 
 def test_delivery_hands_its_first_update_to_the_push_which_reads_nothing_back(rig: Rig) -> None:
     ref = accept(rig, missed_bins(1, seed=24)[0])
-    out = pipeline.deliver_case(rig.rt, ref)
+    out = pipeline.deliver_case(rig.rt, ref, tell_hub=False)
     assert [u.sequence for u in out.updates] == [1]
     with Commits(rig) as commits:
         assert pipeline.push_hub(rig.rt, ref, out.updates).kind == "done"
@@ -396,3 +415,45 @@ def test_a_first_delivery_calls_the_back_office_once_and_a_retry_looks_up_once(r
     assert pipeline.deliver_case(rig.rt, ref).kind == "done"
     assert len(requests) - before == 2, "a retry looks up once (it may have landed), then creates once"
     assert jobs(rig, ref) == 1
+
+
+def test_a_hub_refusing_the_delivered_update_dead_letters_the_update_not_the_case(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1, seed=25)[0])
+    rig.hub._known = set()  # HTTP 404 for every case: refused, not worth retrying
+    try:
+        out = pipeline.deliver_case(rig.rt, ref)
+    finally:
+        rig.hub._known = None
+    assert out.kind == "done" and out.push == []
+    assert row(rig, ref).stage == "delivered" and jobs(rig, ref) == 1
+    with session_scope(rig.url) as s:
+        [outbox] = s.scalars(select(HubUpdateRow).where(HubUpdateRow.hub_ref == ref)).all()
+        dead = s.scalars(select(DeadLetterRow).where(DeadLetterRow.hub_ref == ref)).all()
+    assert outbox.pushed_at is not None and (outbox.last_error or "").startswith("dead-lettered")
+    assert [(d.stage, d.reason, json.loads(d.payload)) for d in dead] == [("push", "hub_refused", outbox.payload)]
+
+
+def test_a_delivery_lost_after_telling_the_hub_is_found_and_told_the_same_update_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker dies between the Hub's answer and the delivery's commit: the retry makes no second job and
+    the Hub, which dedupes on (ref, sequence), ends with one `delivered` update carrying the job's reference."""
+    ref = accept(rig, missed_bins(1, seed=26)[0])
+
+    def crash(*_: object, **__: object) -> None:
+        raise RuntimeError("worker killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(rig.rt.sla, "clocks_of", crash)
+        with pytest.raises(RuntimeError):
+            pipeline.deliver_case(rig.rt, ref)
+    [told] = rig.hub.updates_for(ref)
+    r = row(rig, ref)
+    assert r.stage == "received" and r.unknown_outcome  # nothing of the delivery was committed
+    with session_scope(rig.url) as s:  # its claim runs out
+        s.execute(update(CaseRow).where(CaseRow.hub_ref == ref).values(claimed_until=utcnow() - timedelta(seconds=1)))
+    assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+    assert jobs(rig, ref) == 1
+    assert row(rig, ref).stage == "acknowledged"
+    assert rig.hub.updates_for(ref) == [told]
+    assert told["backoffice_ref"] == rig.hub.backoffice_ref(ref) and (ref, 1) in rig.hub.duplicates
