@@ -46,7 +46,8 @@ class BackOfficeUpdate:
     """A change the back office reports for one of its jobs, in the back office's own terms.
 
     `update_id` is unique per instance and lets sync deduplicate; `hub_ref` is the Hub reference the
-    job carries (None for jobs raised directly in the back office).
+    job carries (None for jobs raised directly in the back office). `service_code` routes a job raised in the
+    back office; a connector may leave it None when `hub_ref` is set and finding it costs a call.
     """
 
     backoffice_ref: str

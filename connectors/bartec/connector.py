@@ -281,10 +281,13 @@ class BartecConnector(Connector):
         note = None
         if h.RecordStamp is not None and h.RecordStamp.Comments:
             note = h.RecordStamp.Comments.strip() or None
+        hub_ref = (h.ExternalReference or "").strip() or None
         return BackOfficeUpdate(
             backoffice_ref=code, update_id=str(h.id), occurred_at=at.astimezone(UTC),
-            status_code=h.ServiceStatusName.strip(), note=note, hub_ref=(h.ExternalReference or "").strip() or None,
-            service_code=self._service_type(code),
+            status_code=h.ServiceStatusName.strip(), note=note, hub_ref=hub_ref,
+            # the service type routes a job raised in Bartec; one the Hub sent (it names its case) needs no
+            # extra ServiceRequests_Get per job to find it
+            service_code=self._service_type(code) if hub_ref is None else self._type_of.get(code),
             raw={"ServiceTypeName": h.ServiceTypeName, "ServiceClassName": h.ServiceClassName,
                  "ClosingCode": h.ClosingCode},
         )

@@ -154,6 +154,20 @@ def test_job_raised_in_bartec_reaches_sync(sim: BartecSimulator, harness: Confor
     assert update.hub_ref is None and update.service_code == "270" and update.status_code == "OPEN"
 
 
+def test_sync_asks_a_job_type_only_for_jobs_raised_in_bartec(sim: BartecSimulator, harness: ConformanceHarness) -> None:
+    """A job the Hub sent names its case, so its updates need no ServiceRequests_Get each to find its type."""
+    ref = harness.make_connector().create(bartec_delivery(9)).backoffice_ref
+    raised = sim.raise_direct(TENANT, "100120009998", 270, location_description="Fly-tip behind the shops")
+    poller = harness.make_connector()  # another worker process: nothing cached from the create
+    asked: list[str] = []
+    invoke = poller._invoke
+    poller._invoke = lambda op, **kw: (asked.append(op), invoke(op, **kw))[1]  # type: ignore[method-assign]
+    updates = {u.backoffice_ref: u for u in poller.updates_since(None).updates}
+    assert updates[ref].hub_ref == "WH-2026-000010" and updates[ref].service_code is None
+    assert updates[raised.ref].hub_ref is None and updates[raised.ref].service_code == "270"
+    assert asked.count("ServiceRequests_Get") == 1
+
+
 def test_lifecycle_statuses_and_back_office_notes(sim: BartecSimulator, harness: ConformanceHarness) -> None:
     connector = harness.make_connector()
     ref = connector.create(bartec_delivery(6)).backoffice_ref
