@@ -92,14 +92,18 @@ def test_successes_on_a_trusted_closed_circuit_are_counted_without_a_write_each(
         breaker.success()
     assert health(url).successes == 1
     clock.at += CircuitBreaker.TRUST_SECONDS + 0.01
+    breaker.before_call()  # the trust ran out: the row is read again (and still closed), but not written
+    breaker.success()
+    assert health(url).successes == 1
+    clock.at = 1000.0 + CircuitBreaker.WRITE_SECONDS + 0.01  # the first write was at 1000
     breaker.before_call()
     breaker.success()
-    assert health(url).successes == 11  # nothing lost: the unsaved ones went with the next write
+    assert health(url).successes == 12  # nothing lost: the unsaved ones went with the next write
     for _ in range(4):
         breaker.success()
     breaker.failure("HTTP 500")  # a failure writes at once, with the successes not yet written
     row = health(url)
-    assert (row.successes, row.failures, row.consecutive_failures) == (15, 1, 1)
+    assert (row.successes, row.failures, row.consecutive_failures) == (16, 1, 1)
     clock.at += 0.1
     breaker.before_call()  # a failure ends the trust: the store is read again
     breaker.failure("HTTP 500")
