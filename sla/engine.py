@@ -38,6 +38,8 @@ def _secs(delta: timedelta) -> int:
 
 
 # built once: a case's every step reads its clocks, and building the statement costs more than running it
+# a new case's clocks go straight to the table: the ORM's bulk INSERT cost a third more CPU for two or three rows
+_NEW_CLOCKS = insert(SlaClockRow.__table__)
 _CLOCKS_OF = select(SlaClockRow).where(SlaClockRow.hub_ref == bindparam("ref")).order_by(SlaClockRow.id)
 _CLOCKS_FOR = (select(SlaClockRow).where(SlaClockRow.hub_ref.in_(bindparam("refs", expanding=True)))
                .order_by(SlaClockRow.id))
@@ -155,7 +157,9 @@ class SlaEngine:
         if new:
             # nothing in this transaction holds them: one bulk INSERT, not the unit of work's INSERT ... RETURNING
             # of every column (too many parameters for psycopg to cache the statement's parsing)
-            session.execute(insert(SlaClockRow), [_columns(r) for r in rows])
+            values = [_columns(r) for r in rows]
+            keys = set().union(*values)  # a clock started on `routed` has its times set; the others leave them NULL
+            session.execute(_NEW_CLOCKS, [dict.fromkeys(keys) | v for v in values])
         else:
             session.add_all(rows)
             session.flush()
