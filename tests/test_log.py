@@ -41,6 +41,36 @@ def test_stdlib_logging_goes_through_the_same_redaction(json_logs: pytest.Captur
     assert "ben@example.com" not in line and "[email]" in line
 
 
+def test_an_accepted_intake_is_logged_once_and_every_other_request_keeps_its_access_line(
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
+    access = logging.getLogger("uvicorn.access")
+    # what uvicorn logs for each request: client, method, path, HTTP version, status
+    access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.7:5123", "POST", "/cases", "1.1", 202)
+    access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.7:5123", "POST", "/cases", "1.1", 401)
+    access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.7:5123", "POST", "/cases", "1.1", 422)
+    access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.7:5123", "GET", "/console/cases", "1.1", 200)
+    lines = [json.loads(line)["event"] for line in json_logs.readouterr().err.strip().splitlines()]
+    assert lines == ['10.0.0.7:5123 - "POST /cases HTTP/1.1" 401', '10.0.0.7:5123 - "POST /cases HTTP/1.1" 422',
+                     '10.0.0.7:5123 - "GET /console/cases HTTP/1.1" 200']
+
+
+def test_a_line_below_the_level_never_reaches_the_processors(json_logs: pytest.CaptureFixture[str]) -> None:
+    seen: list[str] = []
+
+    def spy(_logger: object, _method: str, event_dict: dict) -> dict:  # type: ignore[type-arg]
+        seen.append(event_dict["event"])
+        return event_dict
+
+    config = structlog.get_config()
+    structlog.configure(processors=[config["processors"][0], spy, *config["processors"][1:]])
+    log = structlog.get_logger("test.levels")
+    log.debug("deliver.start")
+    log.info("case.delivered")
+    assert seen == ["case.delivered"]
+    assert [json.loads(line)["event"] for line in json_logs.readouterr().err.strip().splitlines()] == ["case.delivered"]
+
+
 @pytest.mark.parametrize(("text", "gone"), [
     ("ring +44 7700 900123 today", "7700 900123"),
     ("NI number AB123456C", "AB123456C"),
