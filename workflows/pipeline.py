@@ -435,9 +435,10 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
     now = utcnow()
     told: _Told | None = None
     if tell_hub and not last_sequence:
-        # Tell the Hub before our commit rather than after it, in a transaction of its own: a crash in between
-        # leaves the case claimed, its retry finds the job and sends the same update, which the Hub already has.
-        # A case with earlier updates leaves this one to the push, which keeps their order.
+        # Tell the Hub now, before the commit that records the delivery (not after it, recorded in a third
+        # transaction): a crash in between leaves the case claimed, and its retry finds the job and sends the same
+        # (ref, sequence), which the Hub already has. A case with earlier updates leaves this one to the push,
+        # which sends them in order.
         told = _tell_hub(rt, _delivered_update(hub_ref, 1, conn.name, result.backoffice_ref, now))
     with session_scope(rt.url) as s:
         found = s.execute(_CASE_DELIVERED, {"ref": hub_ref, "connector": conn.name}).first()
@@ -463,10 +464,12 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
             mapping=mapping.name,
             warnings=translation.warnings,
         )
-        if told is not None and outbox.sequence == 1:
+        if told is not None and outbox.sequence != 1:
+            told = None  # not the update the Hub was told: this one goes by the push, after the earlier ones
+        if told is not None:
             told.record(s, row, outbox)
     log.info("case.delivered", hub_ref=hub_ref, connector=conn.name, backoffice_ref=result.backoffice_ref)
-    if told is not None and outbox.sequence == 1:
+    if told is not None:
         # sent (or dead-lettered) with the delivery; a Hub that failed gets a push task, which backs off
         return Outcome("done", result.backoffice_ref, push=[] if told.settled else [hub_ref])
     # the case's first update is all it has to push: hand it over so the push need not read it back
