@@ -99,3 +99,17 @@ def test_memory_soak_samples_the_worker_and_accounts_for_every_case() -> None:
     # the resident set of a worker and its pool processes is tens of MiB at the least
     assert result["rss_after_warmup_mib"] > 20 and result["rss_peak_mib"] >= result["rss_end_mib"]
     assert result["minutes_to_70k"] is None  # 300 cases never reach a month's
+
+
+def test_the_driver_posts_again_when_the_api_closed_its_idle_connection(tmp_path: Path) -> None:
+    """At a slow rate a driver thread's kept-alive connection sits idle past uvicorn's 5 s keep-alive and is
+    closed under it: the case is posted again on a new connection, not counted as refused."""
+    from bench.stack import BenchStack, cases_for
+
+    with BenchStack(embedded=True, root=tmp_path / "run") as stack:
+        stack.start_pipeline()
+        # two driver threads at 0.3 cases/s: the first thread's second case comes 6.7 s after its first
+        submitted = stack.submit(cases_for(3), rate=0.3, threads=1)
+        assert (submitted.accepted, submitted.refused) == (3, 0)
+        stack.wait_settled(3, 120)
+        assert stack.settled() == (3, 0)
