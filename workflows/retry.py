@@ -58,7 +58,7 @@ class CircuitBreaker:
     """
 
     TRUST_SECONDS = 5.0  # at 1 s, 17 instances x 2 processes still read and wrote the row ~2 times a case
-    WRITE_SECONDS = 60.0  # writing every 5 s too was a third of the breaker's cost: a read and a write per window
+    WRITE_SECONDS = 60.0  # writing every 5 s as well made every trust window a read and a write: half of them go
     _trusted_until: ClassVar[dict[tuple[str, str], float]] = {}
     _unsaved: ClassVar[dict[tuple[str, str], int]] = {}
     _written_at: ClassVar[dict[tuple[str, str], float]] = {}
