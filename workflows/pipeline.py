@@ -508,15 +508,19 @@ class _Told:
             record_event(s, row.hub_ref, "hub.acknowledged", sequence=outbox.sequence,
                          backoffice_ref=self.update.backoffice_ref)
         elif self.settled:
-            outbox.pushed_at = now
-            outbox.last_error = f"dead-lettered: {self.error}"[:2000]
-            dead_letter(s, stage="push", reason="hub_refused", detail=str(self.error), payload=outbox.payload,
-                        hub_ref=row.hub_ref)
+            for column, value in _hub_refused(s, outbox, self.error, now).items():
+                setattr(outbox, column, value)
         else:
             retry_after = self.error.retry_after if isinstance(self.error, TransientError) else None
             outbox.attempts = 1
             outbox.last_error = str(self.error)[:2000]
             outbox.next_attempt_at = now + timedelta(seconds=retry.backoff(retry.HUB_RETRY, 1, retry_after))
+
+
+def _hub_refused(s: Session, outbox: HubUpdateRow, exc: Exception, now: datetime) -> dict[str, Any]:
+    """Dead-letter an update the Hub refused for good; returns what its outbox row becomes (done, with the reason)."""
+    dead_letter(s, stage="push", reason="hub_refused", detail=str(exc), payload=outbox.payload, hub_ref=outbox.hub_ref)
+    return {"pushed_at": now, "last_error": f"dead-lettered: {exc}"[:2000]}
 
 
 def _tell_hub(rt: Runtime, upd: CaseUpdate) -> _Told:
@@ -767,13 +771,7 @@ def push_cases(
         if sent:
             s.execute(_PUSHED, {"ids": sent, "now": now})
         for row, exc in refused:
-            s.execute(
-                update(HubUpdateRow)
-                .where(HubUpdateRow.id == row.id)
-                .values(pushed_at=now, last_error=f"dead-lettered: {exc}"[:2000])
-            )
-            dead_letter(s, stage="push", reason="hub_refused", detail=str(exc), payload=row.payload,
-                        hub_ref=row.hub_ref)
+            s.execute(update(HubUpdateRow).where(HubUpdateRow.id == row.id).values(**_hub_refused(s, row, exc, now)))
         if failed is not None:
             row, exc, delay = failed
             s.execute(
