@@ -56,6 +56,8 @@ def run(
         **out["latency_ms"],
         # at the offered rate, two cores can give each case at most 2000 / rate ms of CPU, the harness included
         "cpu_ms_per_case": cpu,
+        # back-office changes the polls brought to the Hub during the run, and how long after each change
+        "sync": out["sync"],
         "lost": out["lost"],
         "acknowledged": out["acknowledged"],
         "dead_lettered": out["dead_lettered"],
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{result['cases']} cases at {result['offered_per_s']}/s: p50 {result['p50']} ms, "
               f"p95 {result['p95']} ms, p99 {result['p99']} ms (target < 250), max {result['max']} ms; "
-              f"lost {result['lost']}; delivered {result['delivered_per_s']}/s")
+              f"lost {result['lost']}; delivered {result['delivered_per_s']}/s; {result['sync']['updates']} "
+              f"back-office changes synced, p95 {result['sync']['lag_ms']['p95']} ms after the change")
     return 1 if result["lost"] else 0
 
 

@@ -72,6 +72,8 @@ def _simulator_process(conn: Any, plugins: Sequence[str], tick_seconds: float | 
                 first = next((u for u in hub.updates_for(ref) if u.get("backoffice_ref")), None)
                 out[ref] = first["received_at"] if first else None
             conn.send({"acks": out, "out_of_order": len(hub.out_of_order), "duplicates": len(hub.duplicates)})
+        elif cmd == "sync_lags":
+            conn.send(sync_lags(hub, arg))
         elif cmd == "jobs":
             counts: dict[str, int] = {}
             for sim in sims.values():
@@ -82,6 +84,15 @@ def _simulator_process(conn: Any, plugins: Sequence[str], tick_seconds: float | 
             conn.send({"error": f"unknown command {cmd!r}"})
     for sim in (hub, *sims.values()):
         sim.stop()
+
+
+def sync_lags(hub: Any, refs: Iterable[str]) -> list[float]:
+    """Seconds from each back-office change to the Hub's receipt of it (every update after `delivered`), sorted."""
+    lags = [
+        (datetime.fromisoformat(u["received_at"]) - datetime.fromisoformat(u["occurred_at"])).total_seconds()
+        for ref in refs for u in hub.updates_for(ref) if u["status"] != "delivered"
+    ]
+    return sorted(lags)
 
 
 class SimulatorProcess:
@@ -502,6 +513,7 @@ class BenchStack:
         with session_scope(self.database_url) as s:
             dead = set(s.scalars(select(DeadLetterRow.hub_ref).where(DeadLetterRow.hub_ref.is_not(None))).all())
         jobs = self.sims.ask("jobs")
+        lags = self.sims.ask("sync_lags", list(submitted.at))
         latencies = sorted(
             (t.timestamp() - submitted.at[r]) for r, t in acks.items() if t is not None
         )
@@ -519,6 +531,9 @@ class BenchStack:
             "elapsed_s": round(elapsed, 2),
             "cases_per_s": round(len(acked) / elapsed, 1) if elapsed > 0 else 0.0,
             "latency_ms": percentiles(latencies),
+            # the back offices' own changes, pulled by the polls: how many reached the Hub by the end of the run,
+            # and how long after the change
+            "sync": {"updates": len(lags), "lag_ms": percentiles(lags)},
         }
 
 

@@ -60,6 +60,26 @@ def test_results_table_shows_what_a_latency_run_delivered_against_what_it_offere
     assert rows["latency at 50/s: p99"].endswith("| no |")
 
 
+def test_sync_lag_runs_from_the_back_offices_change_to_the_hubs_receipt_of_it() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from bench.stack import sync_lags
+    from hubbridge.case import CaseUpdate, HubStatus
+    from hubbridge.config.models import HubEndpoint
+    from hubbridge.connectors.hub import HubConnector, HubSimulator
+
+    ref, now = "WH-2026-000123", datetime.now(UTC)
+    with HubSimulator(token="t") as sim, \
+            HubConnector(HubEndpoint(endpoint=sim.endpoint, token_env="TOKEN"), env={"TOKEN": "t"}) as hub:
+        # delivered a minute ago (the delivery's own latency, not a sync), then a change made 3 s ago
+        hub.push_update(CaseUpdate(ref=ref, status=HubStatus.DELIVERED, sequence=1, backoffice_ref="J1",
+                                   occurred_at=now - timedelta(minutes=1)))
+        hub.push_update(CaseUpdate(ref=ref, status=HubStatus.IN_PROGRESS, sequence=2,
+                                   occurred_at=now - timedelta(seconds=3)))
+        lags = sync_lags(sim, [ref, "WH-2026-000124"])
+    assert len(lags) == 1 and 3.0 <= lags[0] < 30.0
+
+
 def test_latency_harness_accounts_for_every_case_and_its_cpu() -> None:
     result = latency.run(4, 2, embedded=True)
     assert result["cases"] == 8 and result["lost"] == 0, result
@@ -68,6 +88,8 @@ def test_latency_harness_accounts_for_every_case_and_its_cpu() -> None:
     # the CPU the cases cost, by process, read from /proc over the scheduled run
     assert result["cpu_ms_per_case"]["worker"] > 0 and result["cpu_ms_per_case"]["api"] > 0, result
     assert result["cpu_ms_per_case"]["total"] >= result["cpu_ms_per_case"]["worker"]
+    sync = result["sync"]
+    assert sync["updates"] >= 0 and sync["lag_ms"]["p50"] <= sync["lag_ms"]["max"], result
     # measured as deployed: the worker's own default pool size unless the run asks for another
     from hubbridge.config.settings import Settings
 
