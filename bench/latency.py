@@ -56,7 +56,8 @@ def run(
         **out["latency_ms"],
         # at the offered rate, two cores can give each case at most 2000 / rate ms of CPU, the harness included
         "cpu_ms_per_case": cpu,
-        # back-office changes the polls brought to the Hub during the run, and how long after each change
+        # back-office changes (polled, or pushed by webhook) that reached the Hub during the run, and how long
+        # after each change
         "sync": out["sync"],
         "lost": out["lost"],
         "acknowledged": out["acknowledged"],

@@ -531,8 +531,8 @@ class BenchStack:
             "elapsed_s": round(elapsed, 2),
             "cases_per_s": round(len(acked) / elapsed, 1) if elapsed > 0 else 0.0,
             "latency_ms": percentiles(latencies),
-            # the back offices' own changes, pulled by the polls: how many reached the Hub by the end of the run,
-            # and how long after the change
+            # the back offices' own changes (polled, or pushed by webhook): how many reached the Hub by the end of
+            # the run, and how long after the change
             "sync": {"updates": len(lags), "lag_ms": percentiles(lags)},
         }
 

@@ -89,7 +89,7 @@ def test_latency_harness_accounts_for_every_case_and_its_cpu() -> None:
     assert result["cpu_ms_per_case"]["worker"] > 0 and result["cpu_ms_per_case"]["api"] > 0, result
     assert result["cpu_ms_per_case"]["total"] >= result["cpu_ms_per_case"]["worker"]
     sync = result["sync"]
-    assert sync["updates"] >= 0 and sync["lag_ms"]["p50"] <= sync["lag_ms"]["max"], result
+    assert sync["lag_ms"]["p50"] <= sync["lag_ms"]["p99"] <= sync["lag_ms"]["max"], result
     # measured as deployed: the worker's own default pool size unless the run asks for another
     from hubbridge.config.settings import Settings
 
