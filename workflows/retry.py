@@ -16,7 +16,10 @@ from datetime import timedelta
 from typing import ClassVar
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from tenacity import RetryCallState, wait_random_exponential
 
 from hubbridge.config.models import ConnectorInstance, RetryPolicy
@@ -110,12 +113,7 @@ class CircuitBreaker:
             return
         now = utcnow()
         with session_scope(self.url) as s:
-            row = s.get(ConnectorHealthRow, self.instance.name)
-            if row is None:
-                row = ConnectorHealthRow(
-                    connector=self.instance.name, successes=0, failures=0, consecutive_failures=0, state="closed"
-                )
-                s.add(row)
+            row = s.get(ConnectorHealthRow, self.instance.name) or self._first_row(s)
             row.state = "closed"
             row.consecutive_failures = 0
             row.opened_until = None
@@ -124,18 +122,29 @@ class CircuitBreaker:
         self._trust()
         self._written_at[self._key] = self._clock()
 
+    def _first_row(self, s: Session) -> ConnectorHealthRow:
+        """Make the instance's row, closed; if another process made it since this one looked, take theirs.
+
+        Two workers' first calls to a back office can both find no row: a plain insert then fails the second
+        worker's task after its back office has already taken the case.
+        """
+        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        s.execute(
+            insert(ConnectorHealthRow)
+            .values(connector=self.instance.name, successes=0, failures=0, consecutive_failures=0, state="closed")
+            .on_conflict_do_nothing(index_elements=[ConnectorHealthRow.connector])
+        )
+        return s.scalars(
+            select(ConnectorHealthRow).where(ConnectorHealthRow.connector == self.instance.name).with_for_update()
+        ).one()
+
     def failure(self, error: str) -> None:
         self._trusted_until.pop(self._key, None)
         now = utcnow()
         with session_scope(self.url) as s:
             row = s.scalar(
                 select(ConnectorHealthRow).where(ConnectorHealthRow.connector == self.instance.name).with_for_update()
-            )
-            if row is None:
-                row = ConnectorHealthRow(
-                    connector=self.instance.name, successes=0, failures=0, consecutive_failures=0, state="closed"
-                )
-                s.add(row)
+            ) or self._first_row(s)
             row.successes = (row.successes or 0) + self._unsaved.pop(self._key, 0)
             row.failures = (row.failures or 0) + 1
             row.consecutive_failures = (row.consecutive_failures or 0) + 1

@@ -131,3 +131,44 @@ def test_an_open_circuit_parks_deliveries_without_calling_or_counting_attempts(r
     assert pipeline.deliver_case(rig.rt, ref).kind == "done"
     assert rig.backoffice.store.count_by_hub_ref()[ref] == 1
     assert health(rig.url, name).state == "closed"
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("outcome", ["success", "failure"])
+def test_two_workers_first_to_a_back_office_both_record_the_call(pg_url: str, outcome: str) -> None:
+    """Both find no health row; the second's insert must not fail its task (after the back office took the case)."""
+    import threading
+
+    from sqlalchemy import text
+
+    from hubbridge.workflows.store import engine_for
+
+    other_worker = engine_for(pg_url).connect()
+    other_worker.execute(text("INSERT INTO connector_health (connector, state, consecutive_failures, successes, "
+                              "failures) VALUES ('refuse-test', 'closed', 0, 1, 0)"))  # not committed yet
+    breaker = CircuitBreaker(pg_url, instance(), Clock())
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            breaker.success() if outcome == "success" else breaker.failure("HTTP 503")
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    # this worker found no row and its insert now waits on the other's uncommitted one
+    with engine_for(pg_url).connect() as watch:
+        for _ in range(100):
+            waiting = watch.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                         "AND wait_event_type = 'Lock'")).scalar()
+            if waiting:
+                break
+            worker.join(0.05)
+    assert waiting == 1
+    other_worker.commit()
+    other_worker.close()
+    worker.join(10)
+    assert errors == []
+    row = health(pg_url)
+    assert (row.successes, row.failures) == ((2, 0) if outcome == "success" else (1, 1))
