@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = Field(
         None,
         ge=1,
-        description="Worker pool processes; by default one more than the CPUs the worker may run on, so a long "
-        "poll shares the CPU with deliveries instead of holding a process they wait for",
+        description="Pool processes of a delivery-lane or every-queue worker (the sync lane runs one unless told); "
+        "by default one more than the CPUs the worker may run on, so a long task shares the CPU with deliveries "
+        "instead of holding a process they wait for",
     )
 
     @property

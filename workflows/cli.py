@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hubbridge.config.settings import get_settings
 from hubbridge.errors import CaseValidationError, ConfigErrors, HubbridgeError
+from hubbridge.workflows.worker import Lane
 
 app = typer.Typer(
     help="hubbridge: Hub cases to back offices and back, on queued workflows with SLAs.",
@@ -42,34 +43,40 @@ def migrate() -> None:
 
 @app.command()
 def worker(
+    lane: Annotated[
+        Lane,
+        typer.Option(help="all: every queue. delivery: new cases to back offices. sync: back-office changes to the "
+                     "Hub, Hub push retries, reconcile; run one of each side by side on a busy machine"),
+    ] = Lane.ALL,
     concurrency: Annotated[
         int | None,
-        typer.Option(min=1, help="Worker processes [default: HUBBRIDGE_WORKER_CONCURRENCY, else CPUs + 1]"),
+        typer.Option(min=1, help="Worker processes",
+                     show_default="sync lane 1; else HUBBRIDGE_WORKER_CONCURRENCY, else CPUs + 1"),
     ] = None,
-    queues: Annotated[str, typer.Option(help="Queues to consume")] = "hubbridge.deliver,hubbridge.hub,"
-    "hubbridge.sync,hubbridge.control",
+    queues: Annotated[
+        str | None, typer.Option(help="Queues to consume, comma-separated", show_default="the lane's")
+    ] = None,
+    nice: Annotated[
+        int | None,
+        typer.Option(help="Niceness the worker adds to itself and its pool, 0-19", show_default="sync lane 10, else 0"),
+    ] = None,
     pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
-    """Start a Celery worker on the configured broker."""
+    """Start a Celery worker on the configured broker, for one lane of hubbridge's queues."""
     from hubbridge.workflows.app import app as celery_app
     from hubbridge.workflows.store import migrate as run
+    from hubbridge.workflows.worker import lower_priority, plan
 
     settings = get_settings()
+    try:
+        chosen = plan(settings, lane, concurrency=concurrency, queues=queues, nice=nice)
+    except HubbridgeError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
     run(settings.resolved_database_url)
-    celery_app.worker_main(
-        [
-            "worker",
-            f"--concurrency={concurrency or settings.resolved_worker_concurrency}",
-            f"--queues={queues}",
-            f"--pool={pool}",
-            f"--loglevel={loglevel}",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            f"hubbridge-%h-{Path.cwd().name}",
-        ]
-    )
+    lower_priority(chosen.nice)
+    celery_app.worker_main(chosen.celery_args(pool, loglevel, Path.cwd().name))
 
 
 @app.command()

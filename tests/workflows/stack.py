@@ -146,3 +146,22 @@ class Stack:
                     os.killpg(proc.pid, signal.SIGKILL)
         for sim in self.sims.values():
             sim.stop()
+
+
+def sync_back(stack: Stack, refs: list[str], timeout: float = 60.0) -> None:
+    """Jobs move on in the back office (the simulator ticks); beat's poll brings each change to the Hub."""
+    hub, bartec = stack.sims["hub"], stack.sims["bartec"]
+    deadline = time.monotonic() + timeout
+    want = bartec.store.lifecycle[-1]
+    while time.monotonic() < deadline:
+        if all(j.status == want for j in bartec.store.jobs.values()) and all(
+                (hub.latest(r) or {}).get("status") in ("resolved", "closed") for r in refs):
+            break
+        time.sleep(0.5)
+    for ref in refs:
+        statuses = [u["status"] for u in hub.updates_for(ref)]
+        sequences = [u["sequence"] for u in hub.updates_for(ref)]
+        assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+        assert statuses[0] == "delivered"
+        assert statuses[-1] in ("resolved", "closed"), (ref, statuses, stack.logs())
+    assert hub.out_of_order == []

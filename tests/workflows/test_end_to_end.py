@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.store import CaseRow, LinkRow, session_scope
 from tests.conftest import AMQP_URL
 
-from .stack import Stack
+from .stack import Stack, sync_back
 
 N_CASES = 40
 REFUSE = ("refuse.missed-collection",)
@@ -56,25 +55,6 @@ def _tenant(sim, ref: str) -> str:  # type: ignore[no-untyped-def]
     return next(j.tenant for j in sim.store.jobs.values() if j.hub_ref == ref)
 
 
-def _sync_back(stack: Stack, refs: list[str], timeout: float = 60.0) -> None:
-    """Jobs move on in the back office (the simulator ticks); beat's poll brings each change to the Hub."""
-    hub, bartec = stack.sims["hub"], stack.sims["bartec"]
-    deadline = time.monotonic() + timeout
-    want = bartec.store.lifecycle[-1]
-    while time.monotonic() < deadline:
-        if all(j.status == want for j in bartec.store.jobs.values()) and all(
-                (hub.latest(r) or {}).get("status") in ("resolved", "closed") for r in refs):
-            break
-        time.sleep(0.5)
-    for ref in refs:
-        statuses = [u["status"] for u in hub.updates_for(ref)]
-        sequences = [u["sequence"] for u in hub.updates_for(ref)]
-        assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
-        assert statuses[0] == "delivered"
-        assert statuses[-1] in ("resolved", "closed"), (ref, statuses, stack.logs())
-    assert hub.out_of_order == []
-
-
 @pytest.fixture
 def embedded(tmp_path: Path) -> Iterator[Stack]:
     stack = Stack(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}",
@@ -92,7 +72,7 @@ def test_refuse_cases_flow_end_to_end_on_the_embedded_default(embedded: Stack) -
     refs = [c["ref"] for c in cases if c["service"] == "refuse.missed-collection"]
     assert embedded.wait_settled(N_CASES) >= N_CASES, embedded.logs()
     _check(embedded, refs)
-    _sync_back(embedded, refs)
+    sync_back(embedded, refs)
 
 
 @pytest.fixture
@@ -116,4 +96,4 @@ def test_refuse_cases_flow_end_to_end_on_rabbitmq_and_postgresql(on_services: St
     refs = [c["ref"] for c in cases if c["service"] == "refuse.missed-collection"]
     assert on_services.wait_settled(N_CASES) >= N_CASES, on_services.logs()
     _check(on_services, refs)
-    _sync_back(on_services, refs)
+    sync_back(on_services, refs)
