@@ -26,6 +26,7 @@ def run(
     embedded: bool = False,
     concurrency: int | None = None,
     pool: str = "prefork",
+    lanes: bool | None = None,
     ceiling_tasks: int | None = None,
     threads: int = 4,
     log_level: str = "INFO",
@@ -35,7 +36,8 @@ def run(
 ) -> dict[str, Any]:
     generated = cases_for(cases)
     where = {"root": root} if root else {}
-    with BenchStack(embedded=embedded, concurrency=concurrency, pool=pool, log_level=log_level, **where) as stack:
+    with BenchStack(embedded=embedded, concurrency=concurrency, pool=pool, lanes=lanes, log_level=log_level,
+                    **where) as stack:
         ceiling = measure_ceiling(stack, ceiling_tasks or min(max(2 * cases, 1000), 20_000))
         stack.start_pipeline()
         if profile:
@@ -72,7 +74,7 @@ def run(
         "month_70k_minutes": round(70_000 / out["cases_per_s"] / 60, 1) if out["cases_per_s"] else None,
         "broker": "embedded+sqlite" if embedded else "rabbitmq",
         "store": "sqlite" if embedded else "postgresql",
-        "worker": {"pool": pool, "concurrency": stack.workers},
+        "worker": stack.worker_layout(),
         "log_level": log_level,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=None,
                         help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
+    parser.add_argument("--one-worker", dest="lanes", action="store_false", default=None,
+                        help="one worker on every queue, not a delivery lane and a sync lane (the default on RabbitMQ)")
     parser.add_argument("--ceiling-tasks", type=int, default=None, help="empty tasks for the ceiling")
     parser.add_argument("--threads", type=int, default=4, help="driver threads posting cases")
     parser.add_argument("--log-level", default="INFO", help="hubbridge log level in the API and worker")
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(stages, indent=None if args.json else 2))
         return 0
     result = run(args.cases, embedded=args.embedded, concurrency=args.concurrency, pool=args.pool,
-                 ceiling_tasks=args.ceiling_tasks, threads=args.threads, log_level=args.log_level,
+                 lanes=args.lanes, ceiling_tasks=args.ceiling_tasks, threads=args.threads, log_level=args.log_level,
                  timeout=args.timeout, profile=args.profile)
     write_result("e2e-embedded" if args.embedded else "e2e", result)
     if args.json:

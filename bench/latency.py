@@ -24,12 +24,14 @@ def run(
     embedded: bool = False,
     concurrency: int | None = None,
     pool: str = "prefork",
+    lanes: bool | None = None,
     log_level: str = "INFO",
     profile: bool = False,
 ) -> dict[str, Any]:
     n = max(1, int(rate * seconds))
     generated = cases_for(n)
-    with BenchStack(embedded=embedded, concurrency=concurrency, pool=pool, log_level=log_level) as stack:
+    with BenchStack(embedded=embedded, concurrency=concurrency, pool=pool, lanes=lanes,
+                    log_level=log_level) as stack:
         stack.start_pipeline()
         # a few cases first, so connection set-up and imports in the worker are not counted as latency
         warm = cases_for(20, seed=99)
@@ -64,7 +66,7 @@ def run(
         "dead_lettered": out["dead_lettered"],
         "broker": "embedded+sqlite" if embedded else "rabbitmq",
         "store": "sqlite" if embedded else "postgresql",
-        "worker": {"pool": pool, "concurrency": stack.workers},
+        "worker": stack.worker_layout(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -78,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=None,
                         help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
+    parser.add_argument("--one-worker", dest="lanes", action="store_false", default=None,
+                        help="one worker on every queue, not a delivery lane and a sync lane (the default on RabbitMQ)")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--profile", action="store_true", help="py-spy the API and worker into var/bench/profiles/")
     args = parser.parse_args(argv)
     result = run(args.rate, args.seconds, embedded=args.embedded, concurrency=args.concurrency, pool=args.pool,
-                 log_level=args.log_level, profile=args.profile)
+                 lanes=args.lanes, log_level=args.log_level, profile=args.profile)
     write_result("latency-embedded" if args.embedded else "latency", result)
     if args.json:
         print(json.dumps(result))

@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.stack import BenchStack, cases_for, worker_rss_kib, write_result
+from bench.stack import BenchStack, cases_for, rss_kib, write_result
 
 
 def run(
@@ -27,14 +27,15 @@ def run(
     embedded: bool = False,
     concurrency: int | None = None,
     pool: str = "prefork",
+    lanes: bool | None = None,
     log_level: str = "WARNING",
     batch: int = 5000,
     sample_every: float = 1.0,
 ) -> dict[str, Any]:
     samples: list[tuple[float, int, int]] = []  # (seconds, settled cases, RSS KiB)
-    with BenchStack(embedded=embedded, concurrency=concurrency, pool=pool, log_level=log_level) as stack:
+    with BenchStack(embedded=embedded, concurrency=concurrency, pool=pool, lanes=lanes,
+                    log_level=log_level) as stack:
         stack.start_pipeline()
-        worker_pid = stack.procs["worker"].pid
         stop = threading.Event()
         started = time.monotonic()
         # a soak takes the best part of an hour: show the person waiting how far it is (on stderr, so --json
@@ -46,7 +47,7 @@ def run(
         def sample() -> None:
             while not stop.wait(sample_every):
                 acked, dead = stack.settled()
-                rss = worker_rss_kib(worker_pid)
+                rss = rss_kib(stack.worker_pids())  # both lanes, when split
                 samples.append((time.monotonic() - started, acked + dead, rss))
                 progress.update(bar, completed=acked + dead, rss=f"worker {rss / 1024:.0f} MiB")
 
@@ -92,7 +93,7 @@ def run(
         "growth_pct": round((end - base) / base * 100, 2),
         "duration_s": round(samples[-1][0], 1) if samples else 0.0,
         "broker": "embedded+sqlite" if embedded else "rabbitmq",
-        "worker": {"pool": pool, "concurrency": stack.workers},
+        "worker": stack.worker_layout(),
         "series": [[round(t, 1), n, kib] for t, n, kib in samples[:: max(1, len(samples) // 60)]],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -106,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=None,
                         help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
+    parser.add_argument("--one-worker", dest="lanes", action="store_false", default=None,
+                        help="one worker on every queue, not a delivery lane and a sync lane (the default on RabbitMQ)")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--batch", type=int, default=5000, help="cases posted before waiting for them to settle")
     args = parser.parse_args(argv)
     result = run(args.cases, embedded=args.embedded, concurrency=args.concurrency, pool=args.pool,
-                 log_level=args.log_level, batch=args.batch)
+                 lanes=args.lanes, log_level=args.log_level, batch=args.batch)
     write_result("memory-embedded" if args.embedded else "memory", result)
     if args.json:
         print(json.dumps(result))

@@ -207,6 +207,8 @@ class BenchStack:
 
     embedded: bool = False
     concurrency: int | None = None  # None: the worker's own default (HUBBRIDGE_WORKER_CONCURRENCY, else CPUs + 1)
+    # a delivery lane and a sync lane (None: on RabbitMQ; the embedded default runs one worker, as `hubbridge demo`)
+    lanes: bool | None = None
     pool: str = "prefork"
     log_level: str = "INFO"
     tick_seconds: float | None = None
@@ -286,7 +288,13 @@ class BenchStack:
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
         self.spawn("api", ["-m", "hubbridge.workflows.cli", "api", "--port", str(port)])
-        self.spawn("worker", ["-m", "hubbridge.workflows.cli", "worker", *self.worker_args()])
+        cli = ["-m", "hubbridge.workflows.cli", "worker"]
+        if self.split_lanes:
+            # as the README deploys it: a delivery lane and, beside it, a sync lane at its own defaults
+            self.spawn("worker", [*cli, "--lane", "delivery", *self.worker_args()])
+            self.spawn("sync-lane", [*cli, "--lane", "sync", f"--pool={self.pool}", "--loglevel=WARNING"])
+        else:
+            self.spawn("worker", [*cli, *self.worker_args()])
         self.spawn("beat", ["-m", "hubbridge.workflows.cli", "beat", "--loglevel=WARNING"])
         self.wait_api()
 
@@ -311,6 +319,22 @@ class BenchStack:
                 proc.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(30)
+
+    @property
+    def split_lanes(self) -> bool:
+        return (not self.embedded) if self.lanes is None else self.lanes
+
+    def worker_layout(self) -> dict[str, Any]:
+        """How the run's workers were laid out, for its result."""
+        layout: dict[str, Any] = {"pool": self.pool, "concurrency": self.workers}
+        if self.split_lanes:
+            layout["lanes"] = {"delivery": self.workers, "sync": 1}
+        return layout
+
+    def worker_pids(self) -> list[int]:
+        """Every worker process of the run, lanes and pool processes included."""
+        return [pid for name in ("worker", "sync-lane") if name in self.procs
+                for pid in _descendants(self.procs[name].pid)]
 
     @property
     def workers(self) -> int:
@@ -462,9 +486,9 @@ class BenchStack:
     def cpu_components(self) -> dict[str, list[int]]:
         """The processes whose CPU a case costs, by component: ours, the simulators, our PostgreSQL backends."""
         comps: dict[str, list[int]] = {"driver": [os.getpid()]}
-        for name in ("api", "worker", "beat"):
+        for name in ("api", "worker", "sync-lane", "beat"):
             if name in self.procs:
-                comps[name] = list(_descendants(self.procs[name].pid))
+                comps[name.replace("-", "_")] = list(_descendants(self.procs[name].pid))
         if self.sims is not None and self.sims.proc.pid:
             comps["simulators"] = [self.sims.proc.pid]
         if self._pg_name:
@@ -562,10 +586,10 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def worker_rss_kib(root_pid: int) -> int:
-    """Resident memory (KiB) of a process and all its descendants, read from /proc."""
+def rss_kib(pids: Iterable[int]) -> int:
+    """Resident memory (KiB) of these processes, read from /proc."""
     total = 0
-    for pid in _descendants(root_pid):
+    for pid in pids:
         with contextlib.suppress(OSError, ValueError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

@@ -32,6 +32,8 @@ def test_end_to_end_harness_on_the_embedded_default(tmp_path: Path) -> None:
     result = e2e.run(CASES, embedded=True, ceiling_tasks=20, timeout=180, root=tmp_path / "run")
     _check(result, 20)
     assert result["broker"] == "embedded+sqlite"
+    # the embedded default runs one worker on every queue, as `hubbridge demo` does
+    assert "lanes" not in result["worker"] and "sync_lane" not in result["cpu_ms_per_case"], result
 
 
 @pytest.mark.services
@@ -39,6 +41,14 @@ def test_end_to_end_harness_on_rabbitmq_and_postgresql(tmp_path: Path) -> None:
     result = e2e.run(CASES, ceiling_tasks=20, timeout=180, root=tmp_path / "run")
     _check(result, 20)
     assert result["broker"] == "rabbitmq" and result["store"] == "postgresql"
+    # deployed as the README says: a delivery lane and a sync lane beside it, whose CPU (polls, reconcile,
+    # the back offices' updates to the Hub) counts in the case's cost
+    from hubbridge.config.settings import Settings
+
+    assert result["worker"]["lanes"] == {"delivery": Settings().resolved_worker_concurrency, "sync": 1}, result
+    cpu = result["cpu_ms_per_case"]
+    assert cpu["sync_lane"] > 0, result
+    assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k not in ("driver", "total")), abs=0.05)
 
 
 def test_results_table_marks_targets_met_and_missed() -> None:
