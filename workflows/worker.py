@@ -21,6 +21,8 @@ class Lane(StrEnum):
     SYNC = "sync"
 
 
+# broker.QUEUES, spelt out: importing the broker (kombu, SQLAlchemy) would cost every CLI command half a second;
+# test_lanes checks the two agree
 LANE_QUEUES: dict[Lane, tuple[str, ...]] = {
     Lane.ALL: ("hubbridge.deliver", "hubbridge.hub", "hubbridge.sync", "hubbridge.control"),
     # new cases to their back offices: the work the Hub's users wait on
