@@ -72,7 +72,7 @@ def worker(
     try:
         chosen = plan(settings, lane, concurrency=concurrency, queues=queues, nice=nice)
     except HubbridgeError as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(str(exc), style="red", markup=False)  # the queue names are the operator's text
         raise typer.Exit(2) from None
     run(settings.resolved_database_url)
     lower_priority(chosen.nice)
