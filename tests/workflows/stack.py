@@ -165,3 +165,15 @@ def sync_back(stack: Stack, refs: list[str], timeout: float = 60.0) -> None:
         assert statuses[0] == "delivered"
         assert statuses[-1] in ("resolved", "closed"), (ref, statuses, stack.logs())
     assert hub.out_of_order == []
+
+
+def purge_queues(amqp_url: str) -> None:
+    """Empty hubbridge's queues, so another run's leftover messages do not count in this one."""
+    import contextlib
+
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    for q in ("hubbridge.deliver", "hubbridge.hub", "hubbridge.sync", "hubbridge.control"):
+        with Connection(amqp_url, connect_timeout=5) as conn, contextlib.suppress(NotFound):
+            conn.default_channel.queue_purge(q)

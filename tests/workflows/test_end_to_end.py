@@ -6,7 +6,6 @@ RabbitMQ and PostgreSQL on localhost. The simulators' own records are the oracle
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.store import CaseRow, LinkRow, session_scope
 from tests.conftest import AMQP_URL
 
-from .stack import Stack, sync_back
+from .stack import Stack, purge_queues, sync_back
 
 N_CASES = 40
 REFUSE = ("refuse.missed-collection",)
@@ -77,14 +76,8 @@ def test_refuse_cases_flow_end_to_end_on_the_embedded_default(embedded: Stack) -
 
 @pytest.fixture
 def on_services(tmp_path: Path, pg_url: str) -> Iterator[Stack]:
-    from amqp.exceptions import NotFound
-    from kombu import Connection
-
     stack = Stack(tmp_path, pg_url, AMQP_URL)
-    # start from empty queues: another run's leftover messages must not count here
-    for q in ("hubbridge.deliver", "hubbridge.hub", "hubbridge.sync", "hubbridge.control"):
-        with Connection(AMQP_URL, connect_timeout=5) as conn, contextlib.suppress(NotFound):
-            conn.default_channel.queue_purge(q)
+    purge_queues(AMQP_URL)
     yield stack.start()
     stack.stop()
 

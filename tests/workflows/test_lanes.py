@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.worker import LANE_QUEUES, SYNC_LANE_NICE, Lane, plan
 from tests.conftest import AMQP_URL
 
-from .stack import Stack, sync_back
+from .stack import Stack, purge_queues, sync_back
 
 
 def test_the_delivery_and_sync_lanes_split_every_queue_between_them() -> None:
@@ -90,13 +89,8 @@ class _DeliveryLaneFirst(Stack):
 
 @pytest.fixture
 def lanes(tmp_path: Path, pg_url: str) -> Iterator[Stack]:
-    from amqp.exceptions import NotFound
-    from kombu import Connection
-
     stack = _DeliveryLaneFirst(tmp_path, pg_url, AMQP_URL)
-    for q in LANE_QUEUES[Lane.ALL]:
-        with Connection(AMQP_URL, connect_timeout=5) as conn, contextlib.suppress(NotFound):
-            conn.default_channel.queue_purge(q)
+    purge_queues(AMQP_URL)
     yield stack.start()
     stack.stop()
 
