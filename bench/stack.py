@@ -328,7 +328,11 @@ class BenchStack:
         """How the run's workers were laid out, for its result."""
         layout: dict[str, Any] = {"pool": self.pool, "concurrency": self.workers}
         if self.split_lanes:
-            layout["lanes"] = {"delivery": self.workers, "sync": 1}
+            from hubbridge.config.settings import Settings
+            from hubbridge.workflows.worker import Lane, plan
+
+            # the sync lane runs at its own default, as `start_pipeline` starts it
+            layout["lanes"] = {"delivery": self.workers, "sync": plan(Settings(), Lane.SYNC).concurrency}
         return layout
 
     def worker_pids(self) -> list[int]:
