@@ -91,8 +91,8 @@ def stage_costs(cases: int, *, embedded: bool = False) -> dict[str, Any]:
     from sqlalchemy import event
 
     from hubbridge.config.settings import get_settings
+    from hubbridge.store import engine_for
     from hubbridge.workflows import pipeline
-    from hubbridge.workflows.store import engine_for
 
     generated = cases_for(cases, seed=11)
     with BenchStack(embedded=embedded, log_level="WARNING") as stack:

@@ -69,7 +69,7 @@ def _http_call_cpu_ms(url: str, n: int) -> float:
 def _store_commit_cpu_ms(database_url: str, n: int) -> dict[str, float]:
     from sqlalchemy import create_engine, insert, text
 
-    from hubbridge.workflows.store import EventRow, utcnow
+    from hubbridge.store import EventRow, utcnow
 
     engine = create_engine(database_url, pool_size=1, max_overflow=0)
     try:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from hubbridge.config.settings import SHIPPED_CONFIG_DIR
 from hubbridge.sla.engine import SlaEngine
 from hubbridge.sla.report import build_report
-from hubbridge.workflows.store import CaseRow, make_engine, migrate
+from hubbridge.store import CaseRow, make_engine, migrate
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -164,7 +164,7 @@ def run(cases: int, keep: bool) -> dict[str, float | int]:
         }
     finally:
         if not keep:
-            from hubbridge.workflows.store import engine_for
+            from hubbridge.store import engine_for
 
             engine_for(url).dispose()
             with psycopg.connect(ADMIN, autocommit=True) as admin:

@@ -237,7 +237,7 @@ class BenchStack:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def start(self) -> BenchStack:
-        from hubbridge.workflows.store import migrate
+        from hubbridge.store import migrate
 
         if threading.current_thread() is threading.main_thread():
             # a `timeout` or Ctrl-C must still stop the worker, API and beat and drop the database
@@ -398,7 +398,7 @@ class BenchStack:
         if self.sims is not None:
             self.sims.stop()
             self.sims = None
-        from hubbridge.workflows.store import engine_for
+        from hubbridge.store import engine_for
 
         with contextlib.suppress(Exception):
             engine_for(self.database_url).dispose()
@@ -510,7 +510,7 @@ class BenchStack:
         """(acknowledged, dead) cases in the store."""
         from sqlalchemy import func, select
 
-        from hubbridge.workflows.store import CaseRow, session_scope
+        from hubbridge.store import CaseRow, session_scope
 
         with session_scope(self.database_url) as s:
             rows = dict(s.execute(select(CaseRow.stage, func.count()).group_by(CaseRow.stage)).all())
@@ -534,7 +534,7 @@ class BenchStack:
         """What the Hub recorded for the submitted cases: throughput, latencies, lost, duplicates."""
         from sqlalchemy import select
 
-        from hubbridge.workflows.store import DeadLetterRow, session_scope
+        from hubbridge.store import DeadLetterRow, session_scope
 
         assert self.sims is not None
         acks = self.sims.acks(submitted.at)

@@ -100,7 +100,7 @@ def show(
     config_dir: Path | None = typer.Option(None, "--config-dir", help="Config directory (default: settings)"),
 ) -> None:
     """A case's clocks: state, pauses, due times and standing."""
-    from hubbridge.workflows.store import session_scope
+    from hubbridge.store import session_scope
 
     at = _instant(now, "--now") if now else datetime.now(UTC)
     try:
@@ -141,7 +141,7 @@ def report(
 ) -> None:
     """Volume, met %, breached, at risk, open, median and p90 business time per clock."""
     from hubbridge.sla.report import COLUMNS, HEADINGS, build_report, to_csv, to_json
-    from hubbridge.workflows.store import session_scope
+    from hubbridge.store import session_scope
 
     start, end = _date(from_, "--from"), _date(to, "--to")
     keys = [k.strip() for k in by.split(",") if k.strip()]

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from hubbridge.sla import metrics
 from hubbridge.sla.policy import SlaConfig
 from hubbridge.sla.tables import TICKING_STATES, SlaClockRow, SlaEscalationRow, SlaSweepRow
-from hubbridge.workflows.store import UtcDateTime
+from hubbridge.store import UtcDateTime
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,7 @@ from hubbridge.errors import HubbridgeError
 from hubbridge.sla.calendar import BusinessCalendar
 from hubbridge.sla.policy import ClockSpec, SlaConfig, load_sla_config
 from hubbridge.sla.tables import OPEN_STATES, PAUSED, PENDING, RUNNING, STOPPED, SlaClockRow, SlaPauseRow
-from hubbridge.workflows.store import record_event
+from hubbridge.store import record_event
 
 log = structlog.get_logger(__name__)
 

@@ -83,7 +83,7 @@ class StoreStandingCollector(Collector):
         return [_family(AT_RISK_DOC), _family(BREACHED_DOC)]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from hubbridge.workflows.store import session_scope
+        from hubbridge.store import session_scope
 
         with session_scope(self.database_url) as session:
             seen = standing(session, datetime.now(UTC))

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from hubbridge.workflows.store import ID, Base, utcnow
+from hubbridge.store import ID, Base, utcnow
 
 PENDING = "pending"
 RUNNING = "running"

@@ -29,7 +29,7 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    from hubbridge.workflows.store import migrate
+    from hubbridge.store import migrate
 
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     migrate(url)
@@ -55,7 +55,7 @@ def pg_url() -> Iterator[str]:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    from hubbridge.workflows.store import engine_for, migrate
+    from hubbridge.store import engine_for, migrate
 
     migrate(url)
     yield url

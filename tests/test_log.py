@@ -118,10 +118,10 @@ PERSONAL = {
 def test_a_pipeline_run_logs_no_personal_data(json_logs: pytest.CaptureFixture[str], tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from hubbridge.connectors.hub import HubSimulator
     from hubbridge.errors import HubbridgeError
+    from hubbridge.store import migrate
     from hubbridge.workflows import pipeline
     from hubbridge.workflows.casegen import generate_cases
     from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
-    from hubbridge.workflows.store import migrate
     from tests.workflows.stack import use_config, write_config
 
     hub = HubSimulator(token=DEMO_SECRETS["HUBBRIDGE_HUB_TOKEN"]).start()

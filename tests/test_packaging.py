@@ -22,7 +22,7 @@ def test_the_wheel_holds_every_package_and_data_file(tmp_path: Path) -> None:
         "hubbridge/connectors/bartec/bartec.wsdl",
         "hubbridge/workflows/console/templates/base.html",
         "hubbridge/workflows/console/static/console.css",
-        "hubbridge/workflows/migrations/versions/0003_raised_and_throttle.py",
+        "hubbridge/migrations/versions/0003_raised_and_throttle.py",
         "hubbridge/mappings/shipped/refuse/missed-collection.bartec.yaml",
         "hubbridge/mappings/schema/mapping.schema.json",
         "hubbridge/config/routes.yaml",

@@ -105,7 +105,7 @@ def _warm_before_fork(**_: Any) -> None:
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     # A forked pool process must not share the parent's database connections.
-    from hubbridge.workflows.store import engine_for
+    from hubbridge.store import engine_for
 
     engine_for.cache_clear()
 

@@ -34,7 +34,7 @@ def _logging(level: str | None = None) -> None:
 @app.command()
 def migrate() -> None:
     """Create or upgrade the store's schema (Alembic) at HUBBRIDGE_DATABASE_URL."""
-    from hubbridge.workflows.store import migrate as run
+    from hubbridge.store import migrate as run
 
     url = get_settings().resolved_database_url
     run(url)
@@ -64,8 +64,8 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start a Celery worker on the configured broker, for one lane of hubbridge's queues."""
+    from hubbridge.store import migrate as run
     from hubbridge.workflows.app import app as celery_app
-    from hubbridge.workflows.store import migrate as run
     from hubbridge.workflows.worker import lower_priority, plan
 
     settings = get_settings()
@@ -94,8 +94,8 @@ def api(host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve the intake API (the Hub CRM posts cases to POST /cases)."""
     import uvicorn
 
+    from hubbridge.store import migrate as run
     from hubbridge.workflows.api import create_app
-    from hubbridge.workflows.store import migrate as run
 
     _logging()
     run(get_settings().resolved_database_url)
@@ -110,8 +110,8 @@ def submit(
     """Take in a batch of Hub cases from a JSON Lines file; rejected lines are kept as dead letters."""
     from rich.progress import Progress
 
+    from hubbridge.store import migrate as run
     from hubbridge.workflows import pipeline
-    from hubbridge.workflows.store import migrate as run
 
     _logging()
     rt = pipeline.runtime()

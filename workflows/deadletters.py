@@ -27,7 +27,7 @@ from hubbridge.errors import (
     HubbridgeError,
     RoutingError,
 )
-from hubbridge.workflows.store import (
+from hubbridge.store import (
     CaseRow,
     DeadLetterRow,
     HubUpdateRow,

@@ -26,8 +26,8 @@ from sqlalchemy import func, select
 
 from hubbridge.config.loader import load_config
 from hubbridge.config.settings import Settings
+from hubbridge.store import CaseRow, DeadLetterRow, migrate, session_scope
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.store import CaseRow, DeadLetterRow, migrate, session_scope
 
 DEMO_SECRETS = {
     "HUBBRIDGE_HUB_TOKEN": "hub-demo-token",

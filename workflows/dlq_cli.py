@@ -13,8 +13,8 @@ from rich.table import Table
 
 from hubbridge.config.settings import get_settings
 from hubbridge.errors import HubbridgeError
+from hubbridge.store import session_scope
 from hubbridge.workflows import deadletters
-from hubbridge.workflows.store import session_scope
 
 dlq_app = typer.Typer(
     name="dlq", help="List, show, replay and discard dead letters.", no_args_is_help=True, add_completion=False

@@ -38,8 +38,7 @@ from hubbridge.errors import (
     TransientError,
     UnknownOutcomeError,
 )
-from hubbridge.workflows import retry
-from hubbridge.workflows.store import (
+from hubbridge.store import (
     CaseRow,
     DeadLetterRow,
     HubUpdateRow,
@@ -51,6 +50,7 @@ from hubbridge.workflows.store import (
     session_scope,
     utcnow,
 )
+from hubbridge.workflows import retry
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,7 @@ from tenacity import RetryCallState, wait_random_exponential
 
 from hubbridge.config.models import ConnectorInstance, RetryPolicy
 from hubbridge.errors import BackOfficeUnavailable
-from hubbridge.workflows.store import (
+from hubbridge.store import (
     ConnectorHealthRow,
     ThrottleRow,
     ThrottleSlotRow,

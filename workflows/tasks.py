@@ -29,7 +29,7 @@ def _priorities(hub_refs: list[str]) -> dict[str, int]:
     """Each case's queue priority (raised by the SLA sweep), in one query for a whole sweep's refs."""
     from sqlalchemy import select
 
-    from hubbridge.workflows.store import CaseRow, session_scope
+    from hubbridge.store import CaseRow, session_scope
 
     if not hub_refs:
         return {}
@@ -116,7 +116,7 @@ def reconcile() -> dict[str, Any]:
 def _publish_escalations(rt: pipeline.Runtime) -> None:
     """Send SLA breaches waiting in the escalation outbox to their queues; on failure they wait for the next sweep."""
     from hubbridge.sla.enforce import publish_escalations
-    from hubbridge.workflows.store import session_scope
+    from hubbridge.store import session_scope
 
     try:
         with session_scope(rt.url) as s, app.connection_for_write() as conn:

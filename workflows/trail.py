@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from hubbridge.workflows.store import CaseRow, DeadLetterRow, EventRow, HubUpdateRow, LinkRow, session_scope
+from hubbridge.store import CaseRow, DeadLetterRow, EventRow, HubUpdateRow, LinkRow, session_scope
 
 
 def case_trail(url: str, ref: str) -> dict[str, Any] | None:

@@ -13,10 +13,10 @@ from sqlalchemy import func, select
 
 from hubbridge.config.settings import get_settings
 from hubbridge.signing import sign
+from hubbridge.store import CaseRow, DeadLetterRow, session_scope
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.pipeline import Runtime
-from hubbridge.workflows.store import CaseRow, DeadLetterRow, session_scope
 
 SECRET = "fuzz-intake-secret"
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
@@ -122,7 +122,7 @@ def test_huge_bodies_are_refused_with_413(client: TestClient, sqlite_url: str) -
 @pytest.mark.services
 def test_nul_characters_are_kept_as_a_dead_letter_on_postgresql(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """PostgreSQL text cannot hold NUL: the dead letter of such a body must still be saved, not lost in a 500."""
-    from hubbridge.workflows.store import migrate
+    from hubbridge.store import migrate
 
     migrate(pg_url)
     monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", pg_url)

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from hubbridge.config.settings import get_settings
 from hubbridge.mappings import load_mapping
+from hubbridge.store import CaseRow, session_scope
 from hubbridge.workflows import pipeline
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
-from hubbridge.workflows.store import CaseRow, session_scope
 from hubbridge.workflows.trail import case_trail
 
 from ..workflows.stack import use_config, write_config

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 import hubbridge.sla  # noqa: F401  (registers the SLA tables)
 from hubbridge.config.settings import SHIPPED_CONFIG_DIR
 from hubbridge.sla.engine import SlaEngine
-from hubbridge.workflows.store import Base, CaseRow, make_engine
+from hubbridge.store import Base, CaseRow, make_engine
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -14,7 +14,7 @@ from hubbridge.config.settings import SHIPPED_CONFIG_DIR
 from hubbridge.errors import HubbridgeError
 from hubbridge.sla.engine import SlaEngine
 from hubbridge.sla.tables import SlaPauseRow
-from hubbridge.workflows.store import EventRow
+from hubbridge.store import EventRow
 from tests.sla.conftest import add_case, utc
 
 REF = "WH-2026-000001"

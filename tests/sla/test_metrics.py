@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from hubbridge.sla import metrics
 from hubbridge.sla.engine import SlaEngine
-from hubbridge.workflows.store import engine_for, migrate
+from hubbridge.store import engine_for, migrate
 from tests.sla.conftest import add_case
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from hubbridge.sla.engine import SlaEngine
-from hubbridge.workflows.store import engine_for, migrate
+from hubbridge.store import engine_for, migrate
 from tests.sla.conftest import PG_ADMIN, _pg_available, add_case, utc
 
 SLA_TABLES = {"sla_clocks", "sla_pauses", "sla_sweeps", "sla_escalations"}

@@ -16,7 +16,7 @@ from hubbridge.case import CaseUpdate, HubStatus
 from hubbridge.sla.enforce import FALLBACK_QUEUE, publish_escalations
 from hubbridge.sla.engine import SlaEngine
 from hubbridge.sla.tables import SlaClockRow, SlaEscalationRow, SlaSweepRow
-from hubbridge.workflows.store import CaseRow, EventRow, HubUpdateRow
+from hubbridge.store import CaseRow, EventRow, HubUpdateRow
 from tests.conftest import AMQP_URL
 from tests.sla.conftest import add_case, utc
 

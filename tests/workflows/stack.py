@@ -17,8 +17,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from sqlalchemy import func, select
 
+from hubbridge.store import CaseRow, session_scope
 from hubbridge.workflows.demo import DEMO_SECRETS, simulator_config, simulator_for
-from hubbridge.workflows.store import CaseRow, session_scope
 
 
 def write_config(dest: Path, hub_url: str, plugin_urls: dict[str, str], plugins: Iterable[str]) -> Path:

@@ -12,10 +12,10 @@ from sqlalchemy import select, update
 from hubbridge.config.models import CircuitBreaker as CircuitSettings
 from hubbridge.config.models import ConnectorInstance
 from hubbridge.errors import BackOfficeUnavailable
+from hubbridge.store import CaseRow, ConnectorHealthRow, migrate, session_scope, utcnow
 from hubbridge.workflows import pipeline
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.retry import CircuitBreaker
-from hubbridge.workflows.store import CaseRow, ConnectorHealthRow, migrate, session_scope, utcnow
 
 from .conftest import Rig
 
@@ -141,7 +141,7 @@ def test_two_workers_first_to_a_back_office_both_record_the_call(pg_url: str, ou
 
     from sqlalchemy import text
 
-    from hubbridge.workflows.store import engine_for
+    from hubbridge.store import engine_for
 
     other_worker = engine_for(pg_url).connect()
     other_worker.execute(text("INSERT INTO connector_health (connector, state, consecutive_failures, successes, "

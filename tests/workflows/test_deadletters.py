@@ -18,9 +18,9 @@ from ruamel.yaml import YAML
 from sqlalchemy import select, update
 
 from hubbridge.errors import DeadLetterClosed, DeadLetterNotFound, DeadLetterReplayError, HubbridgeError
+from hubbridge.store import CaseRow, DeadLetterRow, EventRow, HubUpdateRow, session_scope, utcnow
 from hubbridge.workflows import deadletters, pipeline
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.store import CaseRow, DeadLetterRow, EventRow, HubUpdateRow, session_scope, utcnow
 
 from .conftest import Rig
 from .stack import use_config, write_config

@@ -13,10 +13,10 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from hubbridge.config.settings import get_settings
+from hubbridge.store import DeadLetterRow, EventRow, session_scope, utcnow
 from hubbridge.workflows import pipeline
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.cli import app
-from hubbridge.workflows.store import DeadLetterRow, EventRow, session_scope, utcnow
 
 from .conftest import Rig
 

@@ -13,11 +13,11 @@ from kombu import Connection, Exchange, Producer
 from sqlalchemy import select
 
 from hubbridge.config.settings import Settings, get_settings
+from hubbridge.store import CaseRow, DeadLetterRow, session_scope
 from hubbridge.workflows import deadletters, pipeline
 from hubbridge.workflows.app import make_app
 from hubbridge.workflows.broker import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, queue_declarations
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.store import CaseRow, DeadLetterRow, session_scope
 from tests.conftest import AMQP_URL
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from hubbridge.store import CaseRow, LinkRow, session_scope
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.store import CaseRow, LinkRow, session_scope
 from tests.conftest import AMQP_URL
 
 from .stack import Stack, purge_queues, sync_back
@@ -58,7 +58,7 @@ def _tenant(sim, ref: str) -> str:  # type: ignore[no-untyped-def]
 def embedded(tmp_path: Path) -> Iterator[Stack]:
     stack = Stack(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}",
                   f"embedded+sqlite:///{tmp_path / 'broker.sqlite'}")
-    from hubbridge.workflows.store import migrate
+    from hubbridge.store import migrate
 
     migrate(stack.database_url)
     yield stack.start()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import event, select
 
-from hubbridge.workflows.store import EventRow, engine_for, record_event, session_scope
+from hubbridge.store import EventRow, engine_for, record_event, session_scope
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

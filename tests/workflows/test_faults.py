@@ -28,8 +28,8 @@ from sqlalchemy import func, select
 
 from hubbridge.connectors.bartec import BartecSimulator
 from hubbridge.connectors.simulator import Request, Response
+from hubbridge.store import CaseRow, DeadLetterRow, HubUpdateRow, LinkRow, RaisedCaseRow, session_scope
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.store import CaseRow, DeadLetterRow, HubUpdateRow, LinkRow, RaisedCaseRow, session_scope
 
 from .stack import Stack, connectors_yaml
 
@@ -248,7 +248,7 @@ class Batch:
 
 
     def _trail(self, refs: list[str]) -> str:
-        from hubbridge.workflows.store import EventRow
+        from hubbridge.store import EventRow
 
         out = []
         with session_scope(self.stack.database_url) as s:

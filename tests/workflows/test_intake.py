@@ -11,10 +11,10 @@ from sqlalchemy import func, select
 
 from hubbridge.config.settings import get_settings
 from hubbridge.signing import sign
+from hubbridge.store import CaseRow, DeadLetterRow, EventRow, session_scope
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.pipeline import Runtime
-from hubbridge.workflows.store import CaseRow, DeadLetterRow, EventRow, session_scope
 
 SECRET = "intake-test-secret"
 

@@ -12,9 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import func, select, update
 
-from hubbridge.workflows import pipeline
-from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.store import (
+from hubbridge.store import (
     CaseRow,
     DeadLetterRow,
     EventRow,
@@ -24,6 +22,8 @@ from hubbridge.workflows.store import (
     session_scope,
     utcnow,
 )
+from hubbridge.workflows import pipeline
+from hubbridge.workflows.casegen import generate_cases
 
 from .conftest import Rig
 
@@ -233,7 +233,7 @@ class Commits:
     """Counts the store's commits while it is open, to show how many transactions a step took."""
 
     def __init__(self, rig: Rig) -> None:
-        from hubbridge.workflows.store import engine_for
+        from hubbridge.store import engine_for
 
         self.engine, self.n = engine_for(rig.url), 0
 

@@ -11,8 +11,8 @@ from sqlalchemy import update
 
 from hubbridge.config.loader import load_config
 from hubbridge.config.settings import Settings
+from hubbridge.store import SyncCursorRow, session_scope
 from hubbridge.workflows import pipeline
-from hubbridge.workflows.store import SyncCursorRow, session_scope
 
 from .conftest import Rig
 

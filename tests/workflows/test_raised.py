@@ -16,8 +16,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from hubbridge.connectors.base import BackOfficeUpdate
-from hubbridge.workflows import pipeline
-from hubbridge.workflows.store import (
+from hubbridge.store import (
     CaseRow,
     DeadLetterRow,
     HubUpdateRow,
@@ -27,6 +26,7 @@ from hubbridge.workflows.store import (
     session_scope,
     utcnow,
 )
+from hubbridge.workflows import pipeline
 
 from .conftest import Rig
 from .stack import connectors_yaml, use_config, write_config

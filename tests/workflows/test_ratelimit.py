@@ -21,9 +21,7 @@ from sqlalchemy import func, select, update
 from hubbridge.config.models import ConnectorInstance, RateLimit
 from hubbridge.connectors.bartec import BartecSimulator
 from hubbridge.connectors.simulator import Request, Response
-from hubbridge.workflows import pipeline, retry
-from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.store import (
+from hubbridge.store import (
     CaseRow,
     EventRow,
     SyncCursorRow,
@@ -31,6 +29,8 @@ from hubbridge.workflows.store import (
     ThrottleSlotRow,
     session_scope,
 )
+from hubbridge.workflows import pipeline, retry
+from hubbridge.workflows.casegen import generate_cases
 
 from .conftest import Rig
 from .stack import connectors_yaml, use_config, write_config

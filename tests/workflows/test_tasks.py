@@ -17,9 +17,10 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
-from hubbridge.workflows import pipeline, store, tasks
+from hubbridge import store
+from hubbridge.store import CaseRow, session_scope
+from hubbridge.workflows import pipeline, tasks
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.store import CaseRow, session_scope
 
 from .stack import use_config, write_config
 

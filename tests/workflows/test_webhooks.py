@@ -21,11 +21,11 @@ from hubbridge.config.loader import load_config
 from hubbridge.config.settings import Settings
 from hubbridge.connectors.hub import HubSimulator
 from hubbridge.signing import sign
+from hubbridge.store import HubUpdateRow, LinkRow, SeenUpdateRow, session_scope
 from hubbridge.workflows import pipeline
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
-from hubbridge.workflows.store import HubUpdateRow, LinkRow, SeenUpdateRow, session_scope
 
 from .stack import connectors_yaml, use_config, write_config
 

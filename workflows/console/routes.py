@@ -367,7 +367,7 @@ def console_router(runtime: Callable[[], Any]) -> APIRouter:
         ref = (ref or "").strip()
         if not ref:
             return render(request, v, "cases.html", ref="", trail=None, clocks=[], not_found=False)
-        from hubbridge.workflows.store import session_scope
+        from hubbridge.store import session_scope
         from hubbridge.workflows.trail import case_trail
 
         runtime_ = rt()
@@ -407,7 +407,7 @@ def console_router(runtime: Callable[[], Any]) -> APIRouter:
         v = visit(request)
         user = need(v, request)
         from hubbridge.sla.report import build_report
-        from hubbridge.workflows.store import session_scope
+        from hubbridge.store import session_scope
 
         today = datetime.now(LONDON).date()
         last = parse_day(end, today, "To")
@@ -446,7 +446,7 @@ def console_router(runtime: Callable[[], Any]) -> APIRouter:
     # ---------------------------------------------------------------- queues, connectors, dead letters
 
     def connector_health(user: ConsoleUser) -> list[dict[str, Any]]:
-        from hubbridge.workflows.store import ConnectorHealthRow, SyncCursorRow, session_scope
+        from hubbridge.store import ConnectorHealthRow, SyncCursorRow, session_scope
 
         runtime_ = rt()
         out = []
@@ -476,9 +476,9 @@ def console_router(runtime: Callable[[], Any]) -> APIRouter:
                reason: str | None = None) -> Response:
         v = visit(request)
         user = need(v, request)
+        from hubbridge.store import session_scope
         from hubbridge.workflows import deadletters
         from hubbridge.workflows.console.queues import queue_depths
-        from hubbridge.workflows.store import session_scope
 
         runtime_ = rt()
         service, authority, reason = service or None, authority or None, reason or None
@@ -502,8 +502,8 @@ def console_router(runtime: Callable[[], Any]) -> APIRouter:
 
     def dead_letter_for(v: Visit, request: Request, dead_id: int, *roles: Role) -> dict[str, Any]:
         user = need(v, request, *roles)
+        from hubbridge.store import session_scope
         from hubbridge.workflows import deadletters
-        from hubbridge.workflows.store import session_scope
 
         with session_scope(rt().url) as s:
             try:
@@ -590,7 +590,7 @@ def _postcode_key(text: str) -> str:
 def track_case(rt: Any, ref: str, postcode: str) -> dict[str, Any] | None:
     """Status and expected resolution of the case with this reference and postcode, or None for any mismatch."""
     from hubbridge.sla.tables import PAUSED, STOPPED, SlaClockRow
-    from hubbridge.workflows.store import CaseRow, session_scope
+    from hubbridge.store import CaseRow, session_scope
 
     ref_key = ref.strip().upper()[:32]
     given = _postcode_key(postcode)[:10]

@@ -28,9 +28,9 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select
 
+from hubbridge.store import DeadLetterRow, LinkRow, session_scope
 from hubbridge.workflows import pipeline
 from hubbridge.workflows.api import create_app
-from hubbridge.workflows.store import DeadLetterRow, LinkRow, session_scope
 
 from ..conftest import Rig
 from .conftest import PASSWORDS, cases_of, take_in, write_console_yaml

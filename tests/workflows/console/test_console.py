@@ -14,13 +14,13 @@ from sqlalchemy import select
 
 from hubbridge.errors import ConfigError, ConfigErrors
 from hubbridge.sla.report import build_report
+from hubbridge.store import CaseRow, DeadLetterRow, EventRow, LinkRow, session_scope
 from hubbridge.workflows import pipeline
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.console.passwords import hash_password, verify_password
 from hubbridge.workflows.console.queues import queue_depths
 from hubbridge.workflows.console.sessions import COOKIE_NAME, AttemptLimiter, Session, SessionCodec
 from hubbridge.workflows.console.settings import load_console_settings
-from hubbridge.workflows.store import CaseRow, DeadLetterRow, EventRow, LinkRow, session_scope
 from tests.conftest import AMQP_URL
 
 from ..conftest import Rig

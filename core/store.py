@@ -1,7 +1,7 @@
 """The relational store: cases, links, audit events, Hub update outbox, dead letters, sync cursors.
 
 SQLite by default, PostgreSQL by URL. The schema is owned by the Alembic migrations in
-`workflows/migrations`; these table classes must match them.
+`core/migrations`; these table classes must match them.
 """
 
 from __future__ import annotations

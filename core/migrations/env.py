@@ -6,7 +6,7 @@ from alembic import context
 
 # Table modules of other packages register on the same metadata
 import hubbridge.sla  # noqa: F401
-from hubbridge.workflows.store import Base, engine_for
+from hubbridge.store import Base, engine_for
 
 config = context.config
 target_metadata = Base.metadata

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import hubbridge.workflows.store  # noqa: F401
+import hubbridge.store  # noqa: F401
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}

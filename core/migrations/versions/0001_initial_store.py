@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import hubbridge.workflows.store  # noqa: F401
+import hubbridge.store  # noqa: F401
 
 
 revision = '0001'
@@ -28,19 +28,19 @@ def upgrade() -> None:
     sa.Column('priority', sa.String(length=16), nullable=False),
     sa.Column('origin', sa.String(length=16), nullable=False),
     sa.Column('status', sa.String(length=24), nullable=False),
-    sa.Column('status_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('status_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
     sa.Column('stage', sa.String(length=16), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('connector', sa.String(length=64), nullable=True),
     sa.Column('mapping_version', sa.String(length=64), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('next_attempt_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('unknown_outcome', sa.Boolean(), nullable=False),
-    sa.Column('claimed_until', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('claimed_until', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('queue_priority', sa.Integer(), nullable=False),
-    sa.Column('received_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('hub_ref')
     )
@@ -52,11 +52,11 @@ def upgrade() -> None:
     sa.Column('connector', sa.String(length=64), nullable=False),
     sa.Column('state', sa.String(length=12), nullable=False),
     sa.Column('consecutive_failures', sa.Integer(), nullable=False),
-    sa.Column('opened_until', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('opened_until', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('successes', sa.Integer(), nullable=False),
     sa.Column('failures', sa.Integer(), nullable=False),
-    sa.Column('last_success_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('last_failure_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('last_success_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('last_failure_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('connector')
     )
@@ -70,9 +70,9 @@ def upgrade() -> None:
     sa.Column('authority', sa.String(length=64), nullable=True),
     sa.Column('connector', sa.String(length=64), nullable=True),
     sa.Column('payload', sa.Text(), nullable=False),
-    sa.Column('created_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('replayed_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('discarded_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('replayed_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('discarded_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('replay_count', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
@@ -84,7 +84,7 @@ def upgrade() -> None:
     sa.Column('hub_ref', sa.String(length=32), nullable=True),
     sa.Column('kind', sa.String(length=48), nullable=False),
     sa.Column('detail', sa.JSON(), nullable=False),
-    sa.Column('at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
@@ -96,10 +96,10 @@ def upgrade() -> None:
     sa.Column('sequence', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=24), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
-    sa.Column('created_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('pushed_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('pushed_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('next_attempt_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('hub_ref', 'sequence', name='uq_hub_updates_seq')
@@ -111,15 +111,15 @@ def upgrade() -> None:
     sa.Column('connector', sa.String(length=64), nullable=False),
     sa.Column('update_id', sa.String(length=128), nullable=False),
     sa.Column('hub_ref', sa.String(length=32), nullable=True),
-    sa.Column('at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('connector', 'update_id')
     )
     op.create_table('sync_cursors',
     sa.Column('connector', sa.String(length=64), nullable=False),
     sa.Column('cursor', sa.Text(), nullable=True),
-    sa.Column('lease_until', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('polled_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('updated_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('lease_until', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('polled_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('connector')
     )
     op.create_table('links',
@@ -128,7 +128,7 @@ def upgrade() -> None:
     sa.Column('connector', sa.String(length=64), nullable=False),
     sa.Column('backoffice_ref', sa.String(length=128), nullable=False),
     sa.Column('mapping_version', sa.String(length=64), nullable=True),
-    sa.Column('created_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['hub_ref'], ['cases.hub_ref'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('connector', 'backoffice_ref', name='uq_links_backoffice'),

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from hubbridge.workflows import store
-from hubbridge.workflows.store import session_scope
+from hubbridge import store
+from hubbridge.store import session_scope
 
 
 def _backend_pid(url: str) -> int:

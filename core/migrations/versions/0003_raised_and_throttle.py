@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import hubbridge.workflows.store
+import hubbridge.store
 
 revision = '0003'
 down_revision = '0002'
@@ -27,11 +27,11 @@ def upgrade() -> None:
     sa.Column('service_code', sa.String(length=100), nullable=True),
     sa.Column('updates', sa.JSON(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('next_attempt_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('created_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('seen_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('raised_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('seen_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('raised_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('connector', 'backoffice_ref', name='uq_raised_cases_backoffice')
     )

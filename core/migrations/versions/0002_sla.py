@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import hubbridge.workflows.store
+import hubbridge.store
 
 revision = '0002'
 down_revision = '0001'
@@ -33,23 +33,23 @@ def upgrade() -> None:
     sa.Column('target_s', sa.BigInteger(), nullable=False),
     sa.Column('warn_s', sa.BigInteger(), nullable=False),
     sa.Column('spent_s', sa.BigInteger(), nullable=False),
-    sa.Column('since', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('started_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('due_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('warn_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('paused_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('stopped_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('since', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('due_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('warn_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('paused_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('stopped_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('stop_status', sa.String(length=24), nullable=True),
     sa.Column('warned', sa.Boolean(), nullable=False),
-    sa.Column('warned_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('warned_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('breached', sa.Boolean(), nullable=False),
-    sa.Column('breached_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('breached_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.Column('warn_sweep', sa.BigInteger(), nullable=True),
     sa.Column('breach_sweep', sa.BigInteger(), nullable=True),
     sa.Column('pauses', sa.Integer(), nullable=False),
     sa.Column('restarts', sa.Integer(), nullable=False),
-    sa.Column('created_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('hub_ref', 'clock', name='uq_sla_clocks_ref_clock')
     )
@@ -62,11 +62,11 @@ def upgrade() -> None:
 
     op.create_table('sla_sweeps',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
     sa.Column('warnings', sa.Integer(), nullable=False),
     sa.Column('breaches', sa.Integer(), nullable=False),
     sa.Column('seconds', sa.Double(), nullable=True),
-    sa.Column('created_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('sla_pauses',
@@ -74,8 +74,8 @@ def upgrade() -> None:
     sa.Column('clock_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('hub_ref', sa.String(length=32), nullable=False),
     sa.Column('status', sa.String(length=24), nullable=False),
-    sa.Column('paused_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('resumed_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('paused_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('resumed_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['clock_id'], ['sla_clocks.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -91,9 +91,9 @@ def upgrade() -> None:
     sa.Column('authority', sa.String(length=64), nullable=False),
     sa.Column('escalation', sa.String(length=64), nullable=False),
     sa.Column('queue', sa.String(length=96), nullable=False),
-    sa.Column('due_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=False),
-    sa.Column('published_at', hubbridge.workflows.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('due_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', hubbridge.store.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('published_at', hubbridge.store.UtcDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('sla_escalations', schema=None) as batch_op:
