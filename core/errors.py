@@ -63,6 +63,10 @@ class CaseValidationError(HubbridgeError):
         super().__init__(f"invalid Hub case: {listed}", where=ref, hint="correct the named fields and resend")
 
 
+class UsageError(HubbridgeError):
+    """A command was called wrongly (an option out of range, a missing argument); `where` names the option."""
+
+
 class RoutingError(HubbridgeError):
     """No route exists for a case's (authority, service)."""
 
@@ -89,8 +93,6 @@ class MappingError(HubbridgeError):
 class ConnectorError(HubbridgeError):
     """A back office (or the Hub) could not be talked to as expected."""
 
-    transient: bool = False
-
     def __init__(self, message: str, *, instance: str | None = None, hint: str | None = None) -> None:
         self.instance = instance
         super().__init__(message, where=instance, hint=hint)
@@ -98,8 +100,6 @@ class ConnectorError(HubbridgeError):
 
 class TransientError(ConnectorError):
     """Worth retrying later: connection refused, timeout, 5xx, SOAP server fault, 429."""
-
-    transient = True
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
-from hubbridge.errors import HubbridgeError
+from hubbridge.errors import ConfigError, HubbridgeError
 
 LONDON = ZoneInfo("Europe/London")
 MAX_SCAN_DAYS = 366 * 30
@@ -52,8 +52,8 @@ class BusinessCalendar:
         self._holidays = holidays.country_holidays("GB", subdiv="ENG") if bank_holidays and not always_open else None
         self._days: dict[date, tuple[tuple[datetime, datetime], ...]] = {}
         if not always_open and not any(self.hours.get(d) for d in range(7)):
-            raise HubbridgeError(f"calendar {name!r} has no opening hours on any weekday",
-                                 hint="give hours for at least one weekday, or always_open: true")
+            raise ConfigError(f"calendar {name!r} has no opening hours on any weekday",
+                              hint="give hours for at least one weekday, or always_open: true")
         self._working_day_hours = working_day_hours
 
     @classmethod
@@ -141,8 +141,8 @@ class BusinessCalendar:
                     return begin + remaining
                 remaining -= available
             day += timedelta(days=1)
-        raise HubbridgeError(f"calendar {self.name!r}: {amount} of business time does not fit in 30 years",
-                             hint="check the calendar's hours and closures")
+        raise ConfigError(f"calendar {self.name!r}: {amount} of business time does not fit in 30 years",
+                          hint="check the calendar's hours and closures")
 
     def between(self, start: datetime, end: datetime) -> timedelta:
         """Business time inside [start, end); zero when end is not after start."""
@@ -174,7 +174,7 @@ class BusinessCalendar:
                 if e > t:
                     return max(s, t)
             day += timedelta(days=1)
-        raise HubbridgeError(f"calendar {self.name!r} never opens")
+        raise ConfigError(f"calendar {self.name!r} never opens", hint="check its hours and closure days in sla.yaml")
 
     def __repr__(self) -> str:
         return f"BusinessCalendar({self.name!r})"

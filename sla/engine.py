@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from hubbridge.case import HubStatus, Priority
-from hubbridge.errors import HubbridgeError
+from hubbridge.errors import ConfigError, HubbridgeError
 from hubbridge.sla.calendar import BusinessCalendar
 from hubbridge.sla.policy import ClockSpec, SlaConfig, load_sla_config
 from hubbridge.sla.tables import OPEN_STATES, PAUSED, PENDING, RUNNING, STOPPED, SlaClockRow, SlaPauseRow
@@ -287,8 +287,9 @@ class SlaEngine:
         try:
             return specs[row.clock]
         except KeyError:
-            raise HubbridgeError(f"clock {row.clock!r} is no longer in policy {row.policy!r}", where=row.hub_ref,
-                                 hint="keep a clock in sla.yaml while cases still carry it") from None
+            raise ConfigError(f"clock {row.clock!r} of case {row.hub_ref} is no longer in policy {row.policy!r}",
+                              key=f"policies.{row.policy}.clocks",
+                              hint="keep a clock in sla.yaml while cases still carry it") from None
 
     @staticmethod
     def _not_before(row: SlaClockRow, at: datetime) -> datetime:

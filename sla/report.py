@@ -26,7 +26,7 @@ from sqlalchemy import and_, case, func, literal, not_, or_, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from hubbridge.errors import HubbridgeError
+from hubbridge.errors import UsageError
 from hubbridge.sla.calendar import LONDON
 from hubbridge.sla.tables import STOPPED, SlaClockRow
 
@@ -59,7 +59,8 @@ class ReportRow:
 def period(start: date, end: date) -> tuple[datetime, datetime]:
     """[start 00:00, end+1 00:00) in Europe/London, as UTC instants."""
     if end < start:
-        raise HubbridgeError(f"--to {end} is before --from {start}")
+        raise UsageError(f"--to {end} is before --from {start}", where="hubbridge sla report",
+                         hint="give a --from on or before --to")
     lo = datetime.combine(start, time(0), tzinfo=LONDON).astimezone(UTC)
     hi = datetime.combine(end + timedelta(days=1), time(0), tzinfo=LONDON).astimezone(UTC)
     return lo, hi
@@ -70,7 +71,8 @@ def build_report(session: Session, start: date, end: date, by: Sequence[str] = (
     """Aggregate the SLA clocks started in the period, grouped by `by` and clock, in one query."""
     for key in by:
         if key not in GROUP_KEYS:
-            raise HubbridgeError(f"cannot group by {key!r}", hint="choose from " + ", ".join(GROUP_KEYS))
+            raise UsageError(f"cannot group by {key!r}", where="hubbridge sla report --by",
+                             hint="choose from " + ", ".join(GROUP_KEYS))
     now = (now or datetime.now(UTC)).astimezone(UTC)
     lo, hi = period(start, end)
     c = SlaClockRow
