@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stack import BenchStack, cases_for, cpu_per_case, measure_ceiling, write_result
+from bench.stack import BenchStack, cases_for, cpu_per_case, measure_ceiling, stack_arguments, write_result
 
 
 def run(
@@ -92,7 +92,11 @@ def stage_costs(cases: int, *, embedded: bool = False) -> dict[str, Any]:
 
     from hubbridge.config.settings import get_settings
     from hubbridge.store import engine_for
-    from hubbridge.workflows import pipeline
+    from hubbridge.workflows.delivery import deliver_case
+    from hubbridge.workflows.intake import accept_case
+    from hubbridge.workflows.outbox import push_cases, push_hub
+    from hubbridge.workflows.runtime import Runtime
+    from hubbridge.workflows.sync import poll_connector
 
     generated = cases_for(cases, seed=11)
     with BenchStack(embedded=embedded, log_level="WARNING") as stack:
@@ -100,7 +104,7 @@ def stage_costs(cases: int, *, embedded: bool = False) -> dict[str, Any]:
         os.environ.update(stack.env)
         get_settings.cache_clear()
         try:
-            rt = pipeline.Runtime()
+            rt = Runtime()
             counts = {"statements": 0, "commits": 0}
             engine = engine_for(rt.url)
 
@@ -132,29 +136,29 @@ def stage_costs(cases: int, *, embedded: bool = False) -> dict[str, Any]:
             rt.warm()
             for case in cases_for(20, seed=5):
                 case["ref"] = "WH-2026-9" + case["ref"][-5:]
-                pipeline.accept_case(rt, json.dumps(case))
-                pipeline.deliver_case(rt, case["ref"])
-                pipeline.push_hub(rt, case["ref"])
+                accept_case(rt, json.dumps(case))
+                deliver_case(rt, case["ref"])
+                push_hub(rt, case["ref"])
             for stage in stages.values():
                 stage.update(statements=0, commits=0, cpu_ms=0.0, wall_ms=0.0)
             delivered = 0
             for case in generated:
-                timed("intake", pipeline.accept_case, rt, json.dumps(case))
-                outcome = timed("deliver", pipeline.deliver_case, rt, case["ref"])
+                timed("intake", accept_case, rt, json.dumps(case))
+                outcome = timed("deliver", deliver_case, rt, case["ref"])
                 if outcome.kind == "done":
                     delivered += 1
                 if outcome.push:
                     # the delivery told the Hub itself; a push is left only when the Hub could not take it then
-                    timed("push", pipeline.push_hub, rt, case["ref"], outcome.updates or None)
+                    timed("push", push_hub, rt, case["ref"], outcome.updates or None)
             # the back offices' feeds now hold each new job: pull them as beat would, then push what they made
             # (each page's Hub updates pushed in one batch, as the poll task does)
             pulled: set[str] = set()
             for name in rt.config.connectors:
                 while True:
-                    polled = timed("sync", pipeline.poll_connector, rt, name)
+                    polled = timed("sync", poll_connector, rt, name)
                     pulled.update(polled.push)
                     if polled.push:
-                        timed("sync_push", pipeline.push_cases, rt, polled.push)
+                        timed("sync_push", push_cases, rt, polled.push)
                     if not polled.more:
                         break
             rt.close()
@@ -177,13 +181,7 @@ def stage_costs(cases: int, *, embedded: bool = False) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cases", type=int, default=2000)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--embedded", action="store_true", help="embedded SQLite broker and store, no servers")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
-    parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
-    parser.add_argument("--one-worker", dest="lanes", action="store_false", default=None,
-                        help="one worker on every queue, not a delivery lane and a sync lane (the default on RabbitMQ)")
+    stack_arguments(parser)
     parser.add_argument("--ceiling-tasks", type=int, default=None, help="empty tasks for the ceiling")
     parser.add_argument("--threads", type=int, default=4, help="driver threads posting cases")
     parser.add_argument("--log-level", default="INFO", help="hubbridge log level in the API and worker")

@@ -58,7 +58,7 @@ class SweepResult:
 
     @property
     def hub_refs(self) -> list[str]:
-        """The cases with a new Hub update to push (what `pipeline.reconcile` hands to push_hub)."""
+        """The cases with a new Hub update to push (what `schedule.reconcile` hands to push_hub)."""
         return self.updated_refs
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import bindparam, insert, select
@@ -22,6 +22,9 @@ from hubbridge.sla.calendar import BusinessCalendar
 from hubbridge.sla.policy import ClockSpec, SlaConfig, load_sla_config
 from hubbridge.sla.tables import OPEN_STATES, PAUSED, PENDING, RUNNING, STOPPED, SlaClockRow, SlaPauseRow
 from hubbridge.store import record_event
+
+if TYPE_CHECKING:
+    from hubbridge.sla.enforce import SweepResult
 
 log = structlog.get_logger(__name__)
 
@@ -236,7 +239,7 @@ class SlaEngine:
         session.flush()
         return rows
 
-    def sweep(self, session: Session, now: datetime, *, refresh_gauges: bool = True) -> Any:
+    def sweep(self, session: Session, now: datetime, *, refresh_gauges: bool = True) -> SweepResult:
         """Fire every warning and breach due at `now`, once each, set-based (see `hubbridge.sla.enforce`)."""
         from hubbridge.sla.enforce import sweep
 

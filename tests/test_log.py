@@ -119,9 +119,11 @@ def test_a_pipeline_run_logs_no_personal_data(json_logs: pytest.CaptureFixture[s
     from hubbridge.connectors.hub import HubSimulator
     from hubbridge.errors import HubbridgeError
     from hubbridge.store import migrate
-    from hubbridge.workflows import pipeline
     from hubbridge.workflows.casegen import generate_cases
+    from hubbridge.workflows.delivery import deliver_case
     from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
+    from hubbridge.workflows.intake import accept_case
+    from hubbridge.workflows.runtime import Outcome, Runtime
     from tests.workflows.stack import use_config, write_config
 
     hub = HubSimulator(token=DEMO_SECRETS["HUBBRIDGE_HUB_TOKEN"]).start()
@@ -131,7 +133,7 @@ def test_a_pipeline_run_logs_no_personal_data(json_logs: pytest.CaptureFixture[s
         url = f"sqlite:///{tmp_path / 'store.sqlite'}"
         migrate(url)
         use_config(monkeypatch, cfg, url)
-        rt = pipeline.Runtime()
+        rt = Runtime()
         cases = [c for c in generate_cases(30, seed=21, start_serial=990_001)
                  if c["service"] == "refuse.missed-collection"][:2]
         for case in cases:
@@ -144,16 +146,16 @@ def test_a_pipeline_run_logs_no_personal_data(json_logs: pytest.CaptureFixture[s
         refused["location"]["uprn"] = bad_uprn
         refused["customer"]["address"]["uprn"] = bad_uprn
         for case in cases:
-            pipeline.accept_case(rt, json.dumps(case))
+            accept_case(rt, json.dumps(case))
         bartec.faults.next("error500")
-        assert pipeline.deliver_case(rt, good["ref"]).kind == "retry"  # a failing delivery, logged
-        assert pipeline.deliver_case(rt, refused["ref"]).kind == "dead"
+        assert deliver_case(rt, good["ref"]).kind == "retry"  # a failing delivery, logged
+        assert deliver_case(rt, refused["ref"]).kind == "dead"
         # a Hub that sent personal data in the wrong fields: rejected, logged, kept
         with pytest.raises(HubbridgeError):
-            pipeline.accept_case(rt, json.dumps({**good, "ref": PERSONAL["email"], "channel": PERSONAL["phone"]}))
+            accept_case(rt, json.dumps({**good, "ref": PERSONAL["email"], "channel": PERSONAL["phone"]}))
         with pytest.raises(HubbridgeError):
-            pipeline.accept_case(rt, json.dumps(good)[:-40])
-        structlog.get_logger("test").info("case dump", case=good, update=pipeline.Outcome("done", PERSONAL["email"]))
+            accept_case(rt, json.dumps(good)[:-40])
+        structlog.get_logger("test").info("case dump", case=good, update=Outcome("done", PERSONAL["email"]))
         rt.close()
     finally:
         hub.stop()

@@ -111,10 +111,11 @@ def submit(
     from rich.progress import Progress
 
     from hubbridge.store import migrate as run
-    from hubbridge.workflows import pipeline
+    from hubbridge.workflows.intake import accept_case
+    from hubbridge.workflows.runtime import runtime
 
     _logging()
-    rt = pipeline.runtime()
+    rt = runtime()
     run(rt.url)
     lines = (sys.stdin if str(file) == "-" else file.open(encoding="utf-8")).read().splitlines()
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
@@ -125,7 +126,7 @@ def submit(
             if not line.strip():
                 continue
             try:
-                acc = pipeline.accept_case(rt, line, channel="file")
+                acc = accept_case(rt, line, channel="file")
             except CaseValidationError as exc:
                 counts["rejected"] += 1
                 console.print(f"[red]{file}:{n}:[/] {exc}")

@@ -26,6 +26,7 @@ from hubbridge.errors import (
     DeadLetterReplayError,
     HubbridgeError,
     RoutingError,
+    UsageError,
 )
 from hubbridge.store import (
     CaseRow,
@@ -39,7 +40,7 @@ from hubbridge.store import (
 )
 
 if TYPE_CHECKING:
-    from hubbridge.workflows.pipeline import Runtime
+    from hubbridge.workflows.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,44 @@ POISON_STAGE = "queue"
 POISON_REASON = "poison_message"
 CASE_STAGES = ("route", "translate", "deliver")
 """Stages whose dead letter means 'this case never reached its back office': replay re-queues delivery."""
+
+
+def dead_letter(
+    session: Session,
+    *,
+    stage: str,
+    reason: str,
+    detail: str,
+    payload: Any,
+    hub_ref: str | None = None,
+    service: str | None = None,
+    authority: str | None = None,
+    connector: str | None = None,
+) -> DeadLetterRow:
+    if isinstance(payload, bytes):
+        raw = payload.decode("utf-8", "replace")
+    else:
+        raw = payload if isinstance(payload, str) else json.dumps(payload, default=str, sort_keys=True)
+    # PostgreSQL text cannot hold NUL: a hostile body must not make its own dead letter fail to save
+    hub_ref, service, authority = (_no_nul(v) for v in (hub_ref, service, authority))
+    row = DeadLetterRow(
+        hub_ref=hub_ref,
+        stage=stage,
+        reason=reason,
+        detail=_no_nul(detail[:4000]),
+        payload=_no_nul(raw),
+        service=service,
+        authority=authority,
+        connector=connector,
+    )
+    session.add(row)
+    record_event(session, hub_ref, "dead_lettered", stage=stage, reason=reason, detail=row.detail[:500])
+    log.warning("dead_lettered", stage=stage, reason=reason, detail=detail[:300], hub_ref=hub_ref)
+    return row
+
+
+def _no_nul(text: str | None) -> str | None:
+    return text.replace("\x00", "\ufffd") if text else text
 
 
 def _open() -> Any:
@@ -170,7 +209,7 @@ def _replay_failed(
 
 
 def _replay_intake(rt: Runtime, dead_id: int, payload: str) -> str:
-    from hubbridge.workflows import pipeline
+    from hubbridge.workflows import intake
 
     # Checked here first because accept_case keeps every rejected input as a new dead letter, and a
     # replay that fails again must leave just the one it started from.
@@ -181,7 +220,7 @@ def _replay_intake(rt: Runtime, dead_id: int, payload: str) -> str:
             hint="fix the config or mapping it needs, or have the Hub resend a corrected case and discard this one",
         )
     try:
-        accepted = pipeline.accept_case(rt, payload, channel="replay")
+        accepted = intake.accept_case(rt, payload, channel="replay")
     except CaseValidationError as exc:  # config changed between the check and the intake
         raise DeadLetterReplayError(f"dead letter {dead_id} was rejected again: {exc}") from None
     if accepted.duplicate:
@@ -307,7 +346,7 @@ def _replay_poison(s: Session, row: DeadLetterRow) -> str:
 def discard(rt: Runtime, dead_id: int, *, by: str, note: str) -> None:
     """Close a dead letter without re-running it, recording who and why; discarding twice does nothing more."""
     if not note or not note.strip():
-        raise HubbridgeError(f"discarding dead letter {dead_id} needs a note saying why", hint="pass --note '...'")
+        raise UsageError(f"discarding dead letter {dead_id} needs a note saying why", hint="pass --note '...'")
     with session_scope(rt.url) as s:
         row = get_dead(s, dead_id)
         if row.discarded_at is not None:
@@ -392,8 +431,6 @@ def drain_broker_dead(url: str, broker_url: str, *, limit: int = 500, queue_name
 
 
 def _store_poison(url: str, payload: dict[str, Any]) -> None:
-    from hubbridge.workflows.pipeline import dead_letter
-
     raw = json.dumps(payload, default=str, sort_keys=True)
     args = payload.get("args") or []
     ref = args[0] if isinstance(args, list) and args and isinstance(args[0], str) and args[0][:2].isalpha() else None

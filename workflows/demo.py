@@ -330,7 +330,7 @@ def _serve_api(port: int) -> tuple[Any, threading.Thread]:
     import uvicorn
 
     from hubbridge.workflows.api import create_app
-    from hubbridge.workflows.pipeline import reset_runtime
+    from hubbridge.workflows.runtime import reset_runtime
 
     reset_runtime()
     server = uvicorn.Server(

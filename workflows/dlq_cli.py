@@ -133,14 +133,14 @@ def replay(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-run dead letters: re-take intake, re-queue delivery or the Hub push; never a second back-office job."""
-    from hubbridge.workflows import pipeline
+    from hubbridge.workflows.runtime import runtime
 
     if bool(ids) == replay_all:
         raise typer.BadParameter("give dead-letter ids, or --all (with filters), not both")
     if not replay_all and any(v is not None for v in (service, authority, reason, older_than)):
         raise typer.BadParameter("filters only apply with --all")
     _logging()
-    rt = pipeline.runtime()
+    rt = runtime()
     if replay_all:
         with session_scope(rt.url) as s:
             targets = [
@@ -163,10 +163,10 @@ def discard(
     as_json: JsonOpt = False,
 ) -> None:
     """Close dead letters without re-running them, with a note saying why."""
-    from hubbridge.workflows import pipeline
+    from hubbridge.workflows.runtime import runtime
 
     _logging()
-    rt = pipeline.runtime()
+    rt = runtime()
 
     def run(i: int) -> str:
         deadletters.discard(rt, i, by=_who(by), note=note)

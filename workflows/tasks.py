@@ -1,4 +1,7 @@
-"""The Celery tasks: thin, idempotent wrappers over `pipeline`, each bound to the case's correlation id."""
+"""The Celery tasks: thin, idempotent wrappers over the steps (delivery, outbox, sync, schedule).
+
+Each is bound to the case's correlation id.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +10,13 @@ from typing import Any
 import structlog
 from celery import Task
 from celery.exceptions import Retry
-from sqlalchemy.exc import OperationalError
 
-from hubbridge.workflows import pipeline
+from hubbridge.workflows import delivery, outbox, retry, schedule, sync
 from hubbridge.workflows.app import app
-from hubbridge.workflows.retry import QUEUE_RETRY_MAX_SECONDS
+from hubbridge.workflows.retry import STORE_RETRY
+from hubbridge.workflows.runtime import Outcome, OutcomeKind, Runtime, runtime
 
 log = structlog.get_logger(__name__)
-
-# A store connection dropped under a task (a PostgreSQL restart, a failover) fails that one transaction; every
-# step is idempotent, so the task simply runs again shortly rather than waiting for beat's reconcile sweep.
-STORE_RETRY: dict[str, Any] = {
-    "autoretry_for": (OperationalError,),
-    "retry_backoff": 1,
-    "retry_backoff_max": int(QUEUE_RETRY_MAX_SECONDS),
-    "retry_jitter": True,
-}
 
 
 def _priorities(hub_refs: list[str]) -> dict[str, int]:
@@ -33,7 +27,7 @@ def _priorities(hub_refs: list[str]) -> dict[str, int]:
 
     if not hub_refs:
         return {}
-    with session_scope(pipeline.runtime().url) as s:
+    with session_scope(runtime().url) as s:
         rows = s.execute(select(CaseRow.hub_ref, CaseRow.queue_priority).where(CaseRow.hub_ref.in_(hub_refs)))
         return {ref: int(priority or 0) for ref, priority in rows}
 
@@ -46,30 +40,31 @@ def enqueue_push(hub_ref: str, priority: int = 0) -> None:
     push_hub.apply_async(args=[hub_ref], priority=priority)
 
 
-def _push_now(rt: pipeline.Runtime, refs: list[str], *, event: str) -> list[str]:
+def _push_now(rt: Runtime, refs: list[str], *, event: str) -> list[str]:
     """Push these cases' Hub updates from the running task; returns the refs left for push tasks of their own."""
     try:
-        pushed = pipeline.push_cases(rt, refs)
-        return [ref for ref in refs if pushed[ref].kind != "done"]
+        pushed = outbox.push_cases(rt, refs)
+        return [ref for ref in refs if pushed[ref].kind != OutcomeKind.DONE]
     except Exception as exc:  # the outbox rows stay pending: the queued push (or reconcile) takes them
         log.warning(event, refs=len(refs), error=str(exc)[:200])
         return list(refs)
 
 
-def _after(task: Task, outcome: pipeline.Outcome, *, hub_ref: str | None = None) -> None:
+def _after(task: Task, outcome: Outcome, *, hub_ref: str | None = None) -> None:
     for ref in outcome.push:
         enqueue_push(ref)
-    if outcome.kind == "retry" and outcome.retry_in is not None and outcome.retry_in <= QUEUE_RETRY_MAX_SECONDS:
+    countdown = retry.queue_countdown(outcome.retry_in) if outcome.kind == OutcomeKind.RETRY else None
+    if countdown is not None:
         # short waits ride on Celery's own retry; longer ones stay parked in the store for reconcile
-        raise task.retry(countdown=outcome.retry_in, max_retries=None)
+        raise task.retry(countdown=countdown, max_retries=None)
 
 
 @app.task(name="hubbridge.deliver_case", bind=True, max_retries=None, **STORE_RETRY)
 def deliver_case(self: Task, hub_ref: str) -> str:
-    rt = pipeline.runtime()
+    rt = runtime()
     # the delivery tells the Hub itself; what is left in `push` (a Hub that failed, a case with earlier updates
     # to send first) goes to a push task of its own, which backs off
-    outcome = pipeline.deliver_case(rt, hub_ref)
+    outcome = delivery.deliver_case(rt, hub_ref)
     try:
         _after(self, outcome, hub_ref=hub_ref)
     except Retry:
@@ -79,15 +74,15 @@ def deliver_case(self: Task, hub_ref: str) -> str:
 
 @app.task(name="hubbridge.push_hub", bind=True, max_retries=None, **STORE_RETRY)
 def push_hub(self: Task, hub_ref: str) -> str:
-    outcome = pipeline.push_hub(pipeline.runtime(), hub_ref)
+    outcome = outbox.push_hub(runtime(), hub_ref)
     _after(self, outcome, hub_ref=hub_ref)
     return outcome.kind
 
 
 @app.task(name="hubbridge.poll_connector", bind=True, max_retries=None, **STORE_RETRY)
 def poll_connector(self: Task, name: str) -> str:
-    rt = pipeline.runtime()
-    outcome = pipeline.poll_connector(rt, name)
+    rt = runtime()
+    outcome = sync.poll_connector(rt, name)
     if outcome.push:
         # the page's Hub updates go out from this task, recorded in one transaction; a case the Hub could not
         # take now gets a push task of its own, which retries with backoff
@@ -100,8 +95,8 @@ def poll_connector(self: Task, name: str) -> str:
 
 @app.task(name="hubbridge.reconcile")
 def reconcile() -> dict[str, Any]:
-    rt = pipeline.runtime()
-    sweep = pipeline.reconcile(rt)
+    rt = runtime()
+    sweep = schedule.reconcile(rt)
     priority = _priorities(sorted({*sweep.deliver, *sweep.push}))
     for ref in sweep.deliver:
         enqueue_delivery(ref, priority=priority.get(ref, 0))
@@ -113,7 +108,7 @@ def reconcile() -> dict[str, Any]:
     return {"deliver": len(sweep.deliver), "push": len(sweep.push)}
 
 
-def _publish_escalations(rt: pipeline.Runtime) -> None:
+def _publish_escalations(rt: Runtime) -> None:
     """Send SLA breaches waiting in the escalation outbox to their queues; on failure they wait for the next sweep."""
     from hubbridge.sla.enforce import publish_escalations
     from hubbridge.store import session_scope
@@ -127,9 +122,9 @@ def _publish_escalations(rt: pipeline.Runtime) -> None:
 
 @app.task(name="hubbridge.poll_due")
 def poll_due() -> list[str]:
-    rt = pipeline.runtime()
+    rt = runtime()
     # polls whose instances' intervals start before the next tick are sent now, to run at their own moment
-    plan = pipeline.due_polls(rt, within=rt.settings.sweep_seconds)
+    plan = schedule.due_polls(rt, within=rt.settings.sweep_seconds)
     for name, wait in plan.items():
         poll_connector.apply_async(args=[name], countdown=wait or None)
     return list(plan)
@@ -140,7 +135,7 @@ def drain_dead(limit: int = 500) -> int:
     """Move messages RabbitMQ dead-lettered (past a quorum queue's delivery limit) into the dead-letter store."""
     from hubbridge.workflows.deadletters import drain_broker_dead
 
-    rt = pipeline.runtime()
+    rt = runtime()
     broker = rt.settings.resolved_broker_url
     if not broker.startswith("amqp"):
         return 0  # only RabbitMQ dead-letters messages; the embedded transport has no such queue

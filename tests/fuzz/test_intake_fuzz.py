@@ -16,7 +16,7 @@ from hubbridge.signing import sign
 from hubbridge.store import CaseRow, DeadLetterRow, session_scope
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.pipeline import Runtime
+from hubbridge.workflows.runtime import Runtime
 
 SECRET = "fuzz-intake-secret"
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,

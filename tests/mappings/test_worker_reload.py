@@ -17,9 +17,11 @@ from typer.testing import CliRunner
 from hubbridge.config.settings import get_settings
 from hubbridge.mappings import load_mapping
 from hubbridge.store import CaseRow, session_scope
-from hubbridge.workflows import pipeline
 from hubbridge.workflows.casegen import generate_cases
+from hubbridge.workflows.delivery import deliver_case
 from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
+from hubbridge.workflows.intake import accept_case
+from hubbridge.workflows.runtime import Runtime
 from hubbridge.workflows.trail import case_trail
 
 from ..workflows.stack import use_config, write_config
@@ -36,7 +38,7 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -> 
     cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
     shutil.copytree(SHIPPED, cfg / "mappings")
     use_config(monkeypatch, cfg, sqlite_url)
-    rt = pipeline.Runtime()
+    rt = Runtime()
     rt.mappings.check_seconds = 0  # look at the file on every case, so the test needs no sleeping
     try:
         yield rt, cfg / "mappings" / "refuse" / "missed-collection.bartec.yaml", bartec
@@ -56,8 +58,8 @@ def _edit(path: Path, old: str, new: str, bump: int) -> None:
 
 
 def _deliver(rt: Any, case: dict) -> tuple[str, str | None]:
-    ref = pipeline.accept_case(rt, json.dumps(case)).hub_ref
-    assert pipeline.deliver_case(rt, ref).kind == "done"
+    ref = accept_case(rt, json.dumps(case)).hub_ref
+    assert deliver_case(rt, ref).kind == "done"
     with session_scope(rt.url) as s:
         row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == ref))
         assert row is not None

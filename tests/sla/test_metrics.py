@@ -75,7 +75,7 @@ def test_the_api_metrics_endpoint_serves_the_stores_sla_gauges(
 
     from hubbridge.config.settings import get_settings
     from hubbridge.workflows.api import create_app
-    from hubbridge.workflows.pipeline import Runtime
+    from hubbridge.workflows.runtime import Runtime
 
     url = f"sqlite:///{tmp_path / 'api.sqlite'}"
     migrate(url)

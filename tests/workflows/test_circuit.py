@@ -13,9 +13,10 @@ from hubbridge.config.models import CircuitBreaker as CircuitSettings
 from hubbridge.config.models import ConnectorInstance
 from hubbridge.errors import BackOfficeUnavailable
 from hubbridge.store import CaseRow, ConnectorHealthRow, migrate, session_scope, utcnow
-from hubbridge.workflows import pipeline
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.retry import CircuitBreaker
+from hubbridge.workflows.circuit import CircuitBreaker
+from hubbridge.workflows.delivery import deliver_case
+from hubbridge.workflows.intake import accept_case
 
 from .conftest import Rig
 
@@ -114,13 +115,13 @@ def test_successes_on_a_trusted_closed_circuit_are_counted_without_a_write_each(
 
 def test_an_open_circuit_parks_deliveries_without_calling_or_counting_attempts(rig: Rig) -> None:
     case = next(c for c in generate_cases(30, seed=7, start_serial=910_000) if c["service"].startswith("refuse."))
-    ref = pipeline.accept_case(rig.rt, json.dumps(case)).hub_ref
+    ref = accept_case(rig.rt, json.dumps(case)).hub_ref
     name = rig.rt.config.route(case["authority"], case["service"]).connector.name
     with session_scope(rig.url) as s:
         s.add(ConnectorHealthRow(connector=name, state="open", successes=0, failures=5, consecutive_failures=5,
                                  opened_until=utcnow() + timedelta(minutes=5)))
     before = rig.backoffice.store.count_by_hub_ref().get(ref, 0)
-    out = pipeline.deliver_case(rig.rt, ref)
+    out = deliver_case(rig.rt, ref)
     assert out.kind == "retry" and "circuit open" in out.detail
     with session_scope(rig.url) as s:
         row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == ref))
@@ -128,7 +129,7 @@ def test_an_open_circuit_parks_deliveries_without_calling_or_counting_attempts(r
     assert rig.backoffice.store.count_by_hub_ref().get(ref, 0) == before == 0
     with session_scope(rig.url) as s:  # the back office is back
         s.execute(update(ConnectorHealthRow).values(opened_until=utcnow() - timedelta(seconds=1)))
-    assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+    assert deliver_case(rig.rt, ref).kind == "done"
     assert rig.backoffice.store.count_by_hub_ref()[ref] == 1
     assert health(rig.url, name).state == "closed"
 

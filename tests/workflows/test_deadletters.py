@@ -19,11 +19,16 @@ from sqlalchemy import select, update
 
 from hubbridge.errors import DeadLetterClosed, DeadLetterNotFound, DeadLetterReplayError, HubbridgeError
 from hubbridge.store import CaseRow, DeadLetterRow, EventRow, HubUpdateRow, session_scope, utcnow
-from hubbridge.workflows import deadletters, pipeline
+from hubbridge.workflows import deadletters
 from hubbridge.workflows.casegen import generate_cases
+from hubbridge.workflows.deadletters import dead_letter
+from hubbridge.workflows.delivery import deliver_case
+from hubbridge.workflows.intake import accept_case
+from hubbridge.workflows.outbox import push_hub
+from hubbridge.workflows.runtime import Runtime
+from hubbridge.workflows.schedule import reconcile
 
-from .conftest import Rig
-from .stack import use_config, write_config
+from .conftest import Rig, rig_on
 
 _serials = itertools.count(300_001, 1000)
 
@@ -32,14 +37,7 @@ _serials = itertools.count(300_001, 1000)
 def rig(request: pytest.FixtureRequest, tmp_path: Path, sims: tuple[Any, Any],
         monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
     url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-    hub, bartec = sims
-    hub.reset()
-    bartec.faults.clear()
-    cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
-    use_config(monkeypatch, cfg, url)
-    rt = pipeline.Runtime()
-    yield Rig(rt, hub, bartec)
-    rt.close()
+    yield from rig_on(url, tmp_path, sims, monkeypatch)
 
 
 def missed_bin(**changes: Any) -> dict[str, Any]:
@@ -76,8 +74,8 @@ def refused_case(rig: Rig) -> tuple[str, str]:
     case = missed_bin()
     case["location"]["uprn"] = bad_uprn
     case["customer"]["address"]["uprn"] = bad_uprn
-    ref = pipeline.accept_case(rig.rt, json.dumps(case)).hub_ref
-    assert pipeline.deliver_case(rig.rt, ref).kind == "dead"
+    ref = accept_case(rig.rt, json.dumps(case)).hub_ref
+    assert deliver_case(rig.rt, ref).kind == "dead"
     return ref, bad_uprn
 
 
@@ -94,12 +92,12 @@ def test_fixed_back_office_refusal_replays_into_exactly_one_job(rig: Rig) -> Non
         assert ref in message and "queued for delivery" in message
         row = case_row(rig, ref)
         assert row.stage == "received" and row.unknown_outcome and row.next_attempt_at <= utcnow()
-        assert ref in pipeline.reconcile(rig.rt).deliver
-        assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+        assert ref in reconcile(rig.rt).deliver
+        assert deliver_case(rig.rt, ref).kind == "done"
         # replaying again, or reconcile handing the case out again, makes no second job
         again = deadletters.replay(rig.rt, dl.id, by="bob")
         assert "already replayed" in again
-        assert pipeline.deliver_case(rig.rt, ref).kind == "skipped"
+        assert deliver_case(rig.rt, ref).kind == "skipped"
     finally:
         rig.backoffice.unknown_uprns.add(bad_uprn)
     assert jobs(rig, ref) == 1
@@ -113,7 +111,7 @@ def test_fixed_back_office_refusal_replays_into_exactly_one_job(rig: Rig) -> Non
 
 
 def test_replay_of_a_case_that_reached_its_back_office_makes_no_second_job(rig: Rig) -> None:
-    ref = pipeline.accept_case(rig.rt, json.dumps(missed_bin())).hub_ref
+    ref = accept_case(rig.rt, json.dumps(missed_bin())).hub_ref
     limit = rig.rt.config.connectors[case_row(rig, ref).connector].retry.max_attempts
     # The first create lands but its answer is lost; every later call fails until the retries run out.
     rig.backoffice.faults.slow_seconds = 4.0
@@ -121,7 +119,7 @@ def test_replay_of_a_case_that_reached_its_back_office_makes_no_second_job(rig: 
     rig.backoffice.faults.next("error500", limit + 2)
     kinds = []
     for _ in range(limit):
-        kinds.append(pipeline.deliver_case(rig.rt, ref).kind)
+        kinds.append(deliver_case(rig.rt, ref).kind)
         with session_scope(rig.url) as s:
             s.execute(update(CaseRow).where(CaseRow.hub_ref == ref).values(claimed_until=None))
     rig.backoffice.faults.clear()
@@ -129,11 +127,11 @@ def test_replay_of_a_case_that_reached_its_back_office_makes_no_second_job(rig: 
     [dl] = dead_of(rig, ref)
     assert dl.reason == "retries_exhausted"
     deadletters.replay(rig.rt, dl.id, by="ops")
-    assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+    assert deliver_case(rig.rt, ref).kind == "done"
     assert jobs(rig, ref) == 1, "replay must look the case up, not create it again"
     # a second dead letter for the same, now delivered, case replays as a no-op
     with session_scope(rig.url) as s:
-        extra = pipeline.dead_letter(s, stage="deliver", reason="refused", detail="late copy", payload="{}",
+        extra = dead_letter(s, stage="deliver", reason="refused", detail="late copy", payload="{}",
                                      hub_ref=ref)
         s.flush()
         extra_id = extra.id
@@ -151,7 +149,7 @@ def test_concurrent_replays_of_one_dead_letter_make_one_job(rig: Rig) -> None:
     def go() -> None:
         try:
             messages.append(deadletters.replay(rig.rt, dl.id, by="ops"))
-            pipeline.deliver_case(rig.rt, ref)
+            deliver_case(rig.rt, ref)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -178,12 +176,12 @@ def test_unroutable_intake_replays_once_the_config_routes_it(rig: Rig, tmp_path:
     routes["routes"] = [r for r in routes["routes"] if "wyre-forest" not in r["authorities"]]
     with routes_file.open("w") as fh:
         yaml.dump(routes, fh)
-    broken = pipeline.Runtime()
+    broken = Runtime()
     routes_file.write_text(good)
     case = missed_bin(authority="wyre-forest")
     try:
         with pytest.raises(HubbridgeError):
-            pipeline.accept_case(broken, json.dumps(case))
+            accept_case(broken, json.dumps(case))
         [dl] = dead_of(rig, case["ref"])
         assert (dl.stage, dl.reason) == ("intake", "unroutable")
         with pytest.raises(DeadLetterReplayError, match="still not a valid, routable Hub case"):
@@ -196,7 +194,7 @@ def test_unroutable_intake_replays_once_the_config_routes_it(rig: Rig, tmp_path:
     row = case_row(rig, case["ref"])
     assert row.connector == "refuse-wyre-forest" and row.next_attempt_at <= utcnow()
     assert "already replayed" in deadletters.replay(rig.rt, dl.id, by="ops")
-    assert pipeline.deliver_case(rig.rt, case["ref"]).kind == "done"
+    assert deliver_case(rig.rt, case["ref"]).kind == "done"
     assert jobs(rig, case["ref"]) == 1
     with session_scope(rig.url) as s:
         assert deadletters.get_dead(s, dl.id).replay_count == 2  # the failed try and the good one
@@ -205,7 +203,7 @@ def test_unroutable_intake_replays_once_the_config_routes_it(rig: Rig, tmp_path:
 
 def test_invalid_json_stays_open_after_a_failed_replay(rig: Rig) -> None:
     with pytest.raises(HubbridgeError):
-        pipeline.accept_case(rig.rt, b'{"ref": "WH-2026-9', channel="api")
+        accept_case(rig.rt, b'{"ref": "WH-2026-9', channel="api")
     with session_scope(rig.url) as s:
         [dl] = deadletters.list_dead(s, reason="invalid_json")
     with pytest.raises(DeadLetterReplayError, match="not valid JSON"):
@@ -245,7 +243,7 @@ def test_filters_select_by_service_authority_reason_and_age(rig: Rig) -> None:
             ("refuse.missed-collection", "wychavon", "refused"),
             ("highways.pothole", "worcestershire", "unroutable"),
         ]):
-            row = pipeline.dead_letter(s, stage="intake", reason=reason, detail=f"#{i}", payload="{}",
+            row = dead_letter(s, stage="intake", reason=reason, detail=f"#{i}", payload="{}",
                                        service=service, authority=authority)
             s.flush()
             if i == 0:
@@ -262,20 +260,20 @@ def test_filters_select_by_service_authority_reason_and_age(rig: Rig) -> None:
 
 
 def test_refused_hub_update_is_pushed_again_on_replay(rig: Rig) -> None:
-    ref = pipeline.accept_case(rig.rt, json.dumps(missed_bin())).hub_ref
-    assert pipeline.deliver_case(rig.rt, ref).kind == "done"
+    ref = accept_case(rig.rt, json.dumps(missed_bin())).hub_ref
+    assert deliver_case(rig.rt, ref).kind == "done"
     with session_scope(rig.url) as s:
         upd = s.scalar(select(HubUpdateRow).where(HubUpdateRow.hub_ref == ref))
         assert upd is not None
         # what push_hub leaves after the Hub refused the update (a 4xx)
         upd.pushed_at = utcnow()
         upd.last_error = "dead-lettered: Hub refused"
-        pipeline.dead_letter(s, stage="push", reason="hub_refused", detail="HTTP 400", payload=upd.payload,
+        dead_letter(s, stage="push", reason="hub_refused", detail="HTTP 400", payload=upd.payload,
                              hub_ref=ref)
     [dl] = dead_of(rig, ref)
     assert "queued for the Hub again" in deadletters.replay(rig.rt, dl.id, by="ops")
-    assert ref in pipeline.reconcile(rig.rt).push
-    assert pipeline.push_hub(rig.rt, ref).kind == "done"
+    assert ref in reconcile(rig.rt).push
+    assert push_hub(rig.rt, ref).kind == "done"
     assert case_row(rig, ref).stage == "acknowledged"
     assert rig.hub.backoffice_ref(ref)
     assert "already replayed" in deadletters.replay(rig.rt, dl.id, by="ops")

@@ -14,9 +14,11 @@ from typer.testing import CliRunner
 
 from hubbridge.config.settings import get_settings
 from hubbridge.store import DeadLetterRow, EventRow, session_scope, utcnow
-from hubbridge.workflows import pipeline
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.cli import app
+from hubbridge.workflows.deadletters import dead_letter
+from hubbridge.workflows.intake import accept_case
+from hubbridge.workflows.runtime import reset_runtime
 
 from .conftest import Rig
 
@@ -38,9 +40,9 @@ def _plain_logging() -> Iterator[None]:
 
 @pytest.fixture
 def cli_rig(rig: Rig) -> Iterator[Rig]:
-    pipeline.reset_runtime(rig.rt)  # the CLI uses the process runtime: make it the rig's
+    reset_runtime(rig.rt)  # the CLI uses the process runtime: make it the rig's
     yield rig
-    pipeline.reset_runtime(None)
+    reset_runtime(None)
 
 
 def seed(url: str) -> list[int]:
@@ -48,7 +50,7 @@ def seed(url: str) -> list[int]:
     with session_scope(url) as s:
         for i, (reason, authority, age) in enumerate([("invalid_json", "redditch", 3), ("unroutable", "wychavon", 0),
                                                       ("invalid_json", "wychavon", 0)]):
-            row = pipeline.dead_letter(s, stage="intake", reason=reason, detail=f"problem {i}", payload="{not json",
+            row = dead_letter(s, stage="intake", reason=reason, detail=f"problem {i}", payload="{not json",
                                        service="refuse.missed-collection", authority=authority)
             s.flush()
             row.created_at = utcnow() - timedelta(days=age, minutes=1)
@@ -93,7 +95,7 @@ def test_replay_by_id_and_all_with_filters(cli_rig: Rig) -> None:
     for case in cases:
         broken = {**case, "channel": "pigeon"}
         with pytest.raises(Exception, match="channel"):
-            pipeline.accept_case(cli_rig.rt, json.dumps(broken))
+            accept_case(cli_rig.rt, json.dumps(broken))
         bad.append(broken)
     with session_scope(cli_rig.url) as s:
         dead = s.scalars(select(DeadLetterRow).order_by(DeadLetterRow.id)).all()

@@ -14,10 +14,13 @@ from sqlalchemy import select
 
 from hubbridge.config.settings import Settings, get_settings
 from hubbridge.store import CaseRow, DeadLetterRow, session_scope
-from hubbridge.workflows import deadletters, pipeline
+from hubbridge.workflows import deadletters
 from hubbridge.workflows.app import make_app
 from hubbridge.workflows.broker import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, queue_declarations
 from hubbridge.workflows.casegen import generate_cases
+from hubbridge.workflows.intake import accept_case
+from hubbridge.workflows.runtime import Runtime, reset_runtime
+from hubbridge.workflows.schedule import reconcile
 from tests.conftest import AMQP_URL
 
 
@@ -37,7 +40,7 @@ def vhost_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def quorum(vhost_url: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[pipeline.Runtime]:
+def quorum(vhost_url: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
     monkeypatch.setenv("HUBBRIDGE_BROKER_URL", vhost_url)
     monkeypatch.setenv("HUBBRIDGE_QUEUE_TYPE", "quorum")
     monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", sqlite_url)
@@ -45,10 +48,10 @@ def quorum(vhost_url: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> 
     with Connection(vhost_url) as conn:
         for q in queue_declarations(Settings()):
             q(conn.default_channel).declare()
-    rt = pipeline.Runtime()
-    pipeline.reset_runtime(rt)
+    rt = Runtime()
+    reset_runtime(rt)
     yield rt
-    pipeline.reset_runtime(None)
+    reset_runtime(None)
 
 
 def _wait_for(conn: Connection, queue: str, count: int) -> None:
@@ -61,11 +64,11 @@ def _wait_for(conn: Connection, queue: str, count: int) -> None:
     raise AssertionError(f"{queue} never held {count} message(s)")
 
 
-def test_poison_delivery_message_is_drained_into_the_store_and_replays(quorum: pipeline.Runtime) -> None:
+def test_poison_delivery_message_is_drained_into_the_store_and_replays(quorum: Runtime) -> None:
     from hubbridge.workflows.tasks import drain_dead
 
     case = next(c for c in generate_cases(10, seed=3) if c["service"] == "refuse.missed-collection")
-    ref = pipeline.accept_case(quorum, json.dumps(case)).hub_ref
+    ref = accept_case(quorum, json.dumps(case)).hub_ref
     url = quorum.settings.resolved_broker_url
     celery = make_app(quorum.settings)
     celery.send_task("hubbridge.deliver_case", args=[ref], queue="hubbridge.deliver", routing_key="deliver")
@@ -94,10 +97,10 @@ def test_poison_delivery_message_is_drained_into_the_store_and_replays(quorum: p
     with session_scope(quorum.url) as s:
         row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == ref))
         assert row is not None and row.stage == "received"
-    assert ref in pipeline.reconcile(quorum).deliver
+    assert ref in reconcile(quorum).deliver
 
 
-def test_the_same_message_dead_lettered_twice_is_stored_once(quorum: pipeline.Runtime) -> None:
+def test_the_same_message_dead_lettered_twice_is_stored_once(quorum: Runtime) -> None:
     url = quorum.settings.resolved_broker_url
     body = json.dumps([["not-a-ref"], {}, {}]).encode()
     headers = {"task": "hubbridge.poll_connector", "id": "4d1f6f0e-0000-4000-8000-000000000001"}

@@ -14,7 +14,7 @@ from hubbridge.signing import sign
 from hubbridge.store import CaseRow, DeadLetterRow, EventRow, session_scope
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.pipeline import Runtime
+from hubbridge.workflows.runtime import Runtime
 
 SECRET = "intake-test-secret"
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from hubbridge.case import Customer
 from hubbridge.connectors.base import BackOfficeUpdate
 from hubbridge.store import (
     CaseRow,
@@ -26,7 +27,12 @@ from hubbridge.store import (
     session_scope,
     utcnow,
 )
-from hubbridge.workflows import pipeline
+from hubbridge.workflows.delivery import deliver_case
+from hubbridge.workflows.intake import accept_case
+from hubbridge.workflows.outbox import push_hub
+from hubbridge.workflows.raised import _details_from_raw, _valid, raise_case, raise_pending
+from hubbridge.workflows.runtime import Outcome, Runtime
+from hubbridge.workflows.sync import poll_connector
 
 from .conftest import Rig
 from .stack import connectors_yaml, use_config, write_config
@@ -50,7 +56,7 @@ def raised_rig(
         conns["hub"]["timeouts"] = {"connect": 2, "read": 2}
     use_config(monkeypatch, cfg, sqlite_url)
     # start the sync cursor after the jobs other tests left in the module's simulator: they stay out of this one
-    rt = pipeline.Runtime()
+    rt = Runtime()
     conn, cursor = rt.connector(INSTANCE), None
     while True:
         page = conn.updates_since(cursor, 500)
@@ -66,12 +72,12 @@ def raised_rig(
 
 def poll(rig: Rig, *, now_offset: timedelta | None = None) -> list[str]:
     """One poll of the instance (with any raised jobs due), then push what it touched to the Hub."""
-    out = pipeline.poll_connector(rig.rt, INSTANCE)
+    out = poll_connector(rig.rt, INSTANCE)
     refs = list(out.push)
     if now_offset is not None:
-        refs += pipeline.raise_pending(rig.rt, INSTANCE, now=utcnow() + now_offset)
+        refs += raise_pending(rig.rt, INSTANCE, now=utcnow() + now_offset)
     for ref in sorted(set(refs)):
-        pipeline.push_hub(rig.rt, ref)
+        push_hub(rig.rt, ref)
     return refs
 
 
@@ -140,7 +146,7 @@ def test_a_retried_poll_makes_no_second_hub_case(raised_rig: Rig) -> None:
         before = s.scalar(select(func.count()).select_from(HubUpdateRow).where(HubUpdateRow.hub_ref == hub_ref))
         s.execute(update(SyncCursorRow).where(SyncCursorRow.connector == INSTANCE).values(cursor=None))
     # read every page again from the start, as a redelivered poll task would
-    while pipeline.poll_connector(rig.rt, INSTANCE).more:
+    while poll_connector(rig.rt, INSTANCE).more:
         pass
     poll(rig, now_offset=LATER)
     assert len(raised_for(rig, job.ref)) == 1
@@ -154,7 +160,7 @@ def test_a_lost_hub_answer_is_asked_again_and_gets_the_same_case(raised_rig: Rig
     job = rig.backoffice.raise_direct(TENANT, "100120001237", 238)
     # the Hub raises the case, but its answer comes after our read timeout: outcome unknown
     rig.hub.faults.next("slow", match='"connector":')
-    out = pipeline.poll_connector(rig.rt, INSTANCE)
+    out = poll_connector(rig.rt, INSTANCE)
     assert out.push == []
     assert len(raised_for(rig, job.ref)) == 1, "the Hub did raise it"
     with session_scope(rig.url) as s:
@@ -162,7 +168,7 @@ def test_a_lost_hub_answer_is_asked_again_and_gets_the_same_case(raised_rig: Rig
     assert row is not None and row.state == "pending" and row.attempts == 1 and row.last_error
     # the job moves on meanwhile: its update waits, in order, on the outbox row
     advance(rig, job)
-    pipeline.poll_connector(rig.rt, INSTANCE)
+    poll_connector(rig.rt, INSTANCE)
     with session_scope(rig.url) as s:
         row = s.scalar(select(RaisedCaseRow).where(RaisedCaseRow.backoffice_ref == job.ref))
     assert row is not None and [u["status_code"] for u in row.updates] == ["OPEN", "ASSIGNED"]
@@ -179,8 +185,8 @@ def test_hub_down_keeps_the_job_and_its_updates_until_it_answers(raised_rig: Rig
     rig.hub.faults.down = True
     for _ in range(3):
         advance(rig, job)
-        assert pipeline.poll_connector(rig.rt, INSTANCE).push == []
-        pipeline.raise_pending(rig.rt, INSTANCE, now=utcnow() + LATER)
+        assert poll_connector(rig.rt, INSTANCE).push == []
+        raise_pending(rig.rt, INSTANCE, now=utcnow() + LATER)
     assert raised_for(rig, job.ref) == []
     rig.hub.faults.down = False
     poll(rig, now_offset=LATER * 2)
@@ -195,7 +201,7 @@ def test_two_workers_raising_the_same_job_make_one_hub_case(raised_rig: Rig) -> 
     rig = raised_rig
     job = rig.backoffice.raise_direct(TENANT, "100120001239", 241)
     rig.hub.faults.down = True
-    pipeline.poll_connector(rig.rt, INSTANCE)  # the outbox row is written; the Hub is not reachable
+    poll_connector(rig.rt, INSTANCE)  # the outbox row is written; the Hub is not reachable
     rig.hub.faults.down = False
     with session_scope(rig.url) as s:
         rid = s.scalar(select(RaisedCaseRow.id).where(RaisedCaseRow.backoffice_ref == job.ref))
@@ -204,15 +210,15 @@ def test_two_workers_raising_the_same_job_make_one_hub_case(raised_rig: Rig) -> 
     # expired (as if the first had been killed) and asks the Hub too
     rig.hub.faults.slow_seconds = 1.0
     rig.hub.faults.next("slow", match='"connector":')
-    results: list[pipeline.Outcome] = []
-    first = threading.Thread(target=lambda: results.append(pipeline.raise_case(rig.rt, rid, utcnow() + LATER)))
+    results: list[Outcome] = []
+    first = threading.Thread(target=lambda: results.append(raise_case(rig.rt, rid, utcnow() + LATER)))
     first.start()
     deadline = utcnow() + timedelta(seconds=10)
     while not raised_for(rig, job.ref) and utcnow() < deadline:
         threading.Event().wait(0.02)
     with session_scope(rig.url) as s:
         s.execute(update(RaisedCaseRow).where(RaisedCaseRow.id == rid).values(next_attempt_at=utcnow()))
-    results.append(pipeline.raise_case(rig.rt, rid, utcnow() + LATER))
+    results.append(raise_case(rig.rt, rid, utcnow() + LATER))
     first.join()
     assert sorted(o.kind for o in results) == ["done", "skipped"]
     [raised] = raised_for(rig, job.ref)
@@ -226,7 +232,7 @@ def test_two_pollers_at_once_make_one_hub_case(raised_rig: Rig) -> None:
     rig = raised_rig
     jobs = [rig.backoffice.raise_direct(TENANT, f"10012000130{i}", 238) for i in range(3)]
     outcomes: list[str] = []
-    threads = [threading.Thread(target=lambda: outcomes.append(pipeline.poll_connector(rig.rt, INSTANCE).kind))
+    threads = [threading.Thread(target=lambda: outcomes.append(poll_connector(rig.rt, INSTANCE).kind))
                for _ in range(2)]
     for t in threads:
         t.start()
@@ -264,7 +270,8 @@ def test_connector_details_link_the_case_to_the_customer(raised_rig: Rig) -> Non
                                          "uprn": found.data["uprn"]}},
                 "location": {"uprn": found.data["uprn"]}, "description": "Missed bin reported by phone"}
 
-    conn.raised_details = raised_details  # type: ignore[attr-defined]
+    conn.raised_details = raised_details  # type: ignore[method-assign]
+    conn.supports_raised_details = True  # type: ignore[misc]
     poll(rig)
     [raised] = raised_for(rig, job.ref)
     assert raised["case"]["customer"]["name"] == "Pat Resident"
@@ -276,12 +283,12 @@ def test_customer_and_location_are_read_from_the_update_record() -> None:
     raw = {"update": {"status": "open"}, "request": {"first_name": "Bob", "last_name": "Smith", "phone": "01905 123456",
                                                       "email": "bob@example.org", "lat": "52.19", "long": "-2.22",
                                                       "description": "Light out on Bath Road"}}
-    found = pipeline._details_from_raw(raw)
+    found = _details_from_raw(raw)
     assert found["customer"] == {"name": "Bob Smith", "phone": "01905 123456", "email": "bob@example.org"}
     assert found["location"] == {"lat": "52.19", "lon": "-2.22"}
     assert found["description"] == "Light out on Bath Road"
     # a field that does not validate is left out, the rest kept
-    customer = pipeline._valid(pipeline.Customer, {"name": "Bob", "phone": "not a phone"})
+    customer = _valid(Customer, {"name": "Bob", "phone": "not a phone"})
     assert customer is not None and customer.name == "Bob" and customer.phone is None
 
 
@@ -293,7 +300,7 @@ def test_a_delivery_whose_worker_died_is_linked_and_acknowledged_through_the_syn
     rig = raised_rig
     case = next(c for c in generate_cases(200, seed=77, start_serial=77001, services=("refuse.missed-collection",))
                 if c["authority"] == TENANT)
-    ref = pipeline.accept_case(rig.rt, case).hub_ref
+    ref = accept_case(rig.rt, case).hub_ref
     # the worker sent the case and died before writing the link: the back office has it, our store does not
     hub_case = HubCase.model_validate(case)
     _, conn, mapping = rig.rt.mapping_for(hub_case.authority, hub_case.service)
@@ -307,5 +314,5 @@ def test_a_delivery_whose_worker_died_is_linked_and_acknowledged_through_the_syn
     # the Hub got the back office's own update with its reference: that acknowledges the case
     assert row is not None and row.stage == "acknowledged"
     assert rig.hub.backoffice_ref(ref) == made.backoffice_ref
-    assert pipeline.deliver_case(rig.rt, ref).kind == "skipped"
+    assert deliver_case(rig.rt, ref).kind == "skipped"
     assert rig.backoffice.store.count_by_hub_ref()[ref] == 1

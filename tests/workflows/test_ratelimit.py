@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from hubbridge.config.models import ConnectorInstance, RateLimit
 from hubbridge.connectors.bartec import BartecSimulator
 from hubbridge.connectors.simulator import Request, Response
+from hubbridge.errors import BackOfficeUnavailable
 from hubbridge.store import (
     CaseRow,
     EventRow,
@@ -29,8 +30,12 @@ from hubbridge.store import (
     ThrottleSlotRow,
     session_scope,
 )
-from hubbridge.workflows import pipeline, retry
+from hubbridge.workflows import ratelimit
 from hubbridge.workflows.casegen import generate_cases
+from hubbridge.workflows.delivery import deliver_case
+from hubbridge.workflows.intake import accept_case
+from hubbridge.workflows.runtime import Runtime
+from hubbridge.workflows.sync import poll_connector
 
 from .conftest import Rig
 from .stack import connectors_yaml, use_config, write_config
@@ -63,15 +68,15 @@ class FakeClock:
 
 def test_requests_are_spaced_by_the_rate(sqlite_url: str) -> None:
     clock = FakeClock()
-    t = retry.Throttle(sqlite_url, instance(per_second=4), clock=clock, sleep=clock.sleep)
+    t = ratelimit.Throttle(sqlite_url, instance(per_second=4), clock=clock, sleep=clock.sleep)
     t.pace()
-    with pytest.raises(retry.Throttled) as caught:
+    with pytest.raises(ratelimit.Throttled) as caught:
         t.pace()
     # nothing was sent: the caller is told how long to wait (at least until the next permit)
     assert caught.value.retry_after is not None and caught.value.retry_after >= 0.25
-    assert isinstance(caught.value, pipeline.BackOfficeUnavailable)
+    assert isinstance(caught.value, BackOfficeUnavailable)
     clock.at += 0.1
-    with pytest.raises(retry.Throttled):
+    with pytest.raises(ratelimit.Throttled):
         t.pace()
     clock.at += 0.15
     t.pace()
@@ -84,7 +89,7 @@ def test_requests_are_spaced_by_the_rate(sqlite_url: str) -> None:
         try:
             t.pace()
             granted += 1
-        except retry.Throttled:
+        except ratelimit.Throttled:
             pass
         clock.at += 0.01
     assert 38 <= granted <= 41
@@ -92,29 +97,29 @@ def test_requests_are_spaced_by_the_rate(sqlite_url: str) -> None:
 
 def test_concurrency_slots_are_held_released_and_taken_back_when_a_worker_dies(sqlite_url: str) -> None:
     clock = FakeClock()
-    t = retry.Throttle(sqlite_url, instance(concurrency=2), clock=clock, lease_seconds=30)
+    t = ratelimit.Throttle(sqlite_url, instance(concurrency=2), clock=clock, lease_seconds=30)
     a = t.take_slot()
     b = t.take_slot()
     assert a[0] != b[0]
-    with pytest.raises(retry.Throttled, match="2 concurrent-call slots"):
+    with pytest.raises(ratelimit.Throttled, match="2 concurrent-call slots"):
         t.take_slot()
     t.give_slot(*a)
     clock.at += 20
     c = t.take_slot()
-    with pytest.raises(retry.Throttled):
+    with pytest.raises(ratelimit.Throttled):
         t.take_slot()
     # b's holder is killed and never gives its slot back: its lease runs out and the slot returns
     clock.at += 15
     d = t.take_slot()
     assert {c[0], d[0]} == {0, 1}
     t.give_slot(*b)  # a late give from the dead holder frees nothing it no longer holds
-    with pytest.raises(retry.Throttled):
+    with pytest.raises(ratelimit.Throttled):
         t.take_slot()
     t.give_slot(*c)
     t.give_slot(*d)
     # the context manager gives its slot back when the block ends, even when the block fails
     with pytest.raises(RuntimeError), t.slot(), t.slot():
-        with pytest.raises(retry.Throttled):
+        with pytest.raises(ratelimit.Throttled):
             t.take_slot()
         raise RuntimeError("the back-office call failed")
     t.take_slot()
@@ -122,7 +127,7 @@ def test_concurrency_slots_are_held_released_and_taken_back_when_a_worker_dies(s
 
 
 def test_without_limits_nothing_is_written(sqlite_url: str) -> None:
-    t = retry.Throttle(sqlite_url, instance())
+    t = ratelimit.Throttle(sqlite_url, instance())
     assert not t.limited
     for _ in range(50):
         t.pace()
@@ -143,8 +148,8 @@ SECONDS = 2.5
 
 def _hammer(url: str, barrier: Any, out: Any) -> None:
     """One worker process: take permits and slots as fast as it can for a while; report what it saw."""
-    t = retry.Throttle(url, instance(per_second=RATE, name="refuse-shared"))
-    s = retry.Throttle(url, instance(concurrency=SLOTS, name="refuse-shared"), lease_seconds=60)
+    t = ratelimit.Throttle(url, instance(per_second=RATE, name="refuse-shared"))
+    s = ratelimit.Throttle(url, instance(concurrency=SLOTS, name="refuse-shared"), lease_seconds=60)
     barrier.wait()
     grants, throttled, held = [], 0, []
     end = time.time() + SECONDS
@@ -152,11 +157,11 @@ def _hammer(url: str, barrier: Any, out: Any) -> None:
         try:
             t.pace()
             grants.append(time.time())
-        except retry.Throttled:
+        except ratelimit.Throttled:
             throttled += 1
         try:
             slot = s.take_slot()
-        except retry.Throttled:
+        except ratelimit.Throttled:
             throttled += 1
             continue
         began = time.time()  # after the grant...
@@ -252,7 +257,7 @@ def limited_rig(tmp_path: Path, sims: tuple[Any, Any], monkeypatch: pytest.Monke
     with connectors_yaml(cfg) as conns:
         conns["connectors"][INSTANCE]["rate_limit"] = limits
     use_config(monkeypatch, cfg, url)
-    return Rig(pipeline.Runtime(), hub, bartec)
+    return Rig(Runtime(), hub, bartec)
 
 
 def bromsgrove_cases(n: int, seed: int) -> list[dict[str, Any]]:
@@ -264,9 +269,9 @@ def test_a_throttled_delivery_waits_without_counting_an_attempt(
     tmp_path: Path, counting_sims: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, sqlite_url: str
 ) -> None:
     rig = limited_rig(tmp_path, counting_sims, monkeypatch, sqlite_url, {"per_second": 0.05})
-    first, second = (pipeline.accept_case(rig.rt, json.dumps(c)).hub_ref for c in bromsgrove_cases(2, seed=3))
-    assert pipeline.deliver_case(rig.rt, first).kind == "done"
-    out = pipeline.deliver_case(rig.rt, second)
+    first, second = (accept_case(rig.rt, json.dumps(c)).hub_ref for c in bromsgrove_cases(2, seed=3))
+    assert deliver_case(rig.rt, first).kind == "done"
+    out = deliver_case(rig.rt, second)
     assert out.kind == "retry" and out.retry_in is not None and out.retry_in > 1.0
     with session_scope(rig.url) as s:
         row = s.scalar(select(CaseRow).where(CaseRow.hub_ref == second))
@@ -276,7 +281,7 @@ def test_a_throttled_delivery_waits_without_counting_an_attempt(
         assert "rate limit" in (row.last_error or "")
         # the permit comes due (as if the wait had passed)
         s.execute(update(ThrottleRow).where(ThrottleRow.connector == INSTANCE).values(tat=0.0))
-    assert pipeline.deliver_case(rig.rt, second).kind == "done"
+    assert deliver_case(rig.rt, second).kind == "done"
     assert rig.backoffice.store.count_by_hub_ref().get(second) == 1
     rig.rt.close()
 
@@ -285,10 +290,10 @@ def test_a_throttled_poll_leaves_the_cursor_for_the_next_poll(
     tmp_path: Path, counting_sims: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, sqlite_url: str
 ) -> None:
     rig = limited_rig(tmp_path, counting_sims, monkeypatch, sqlite_url, {"per_second": 0.05})
-    assert pipeline.poll_connector(rig.rt, INSTANCE).kind == "done"
+    assert poll_connector(rig.rt, INSTANCE).kind == "done"
     with session_scope(rig.url) as s:
         cursor = s.get(SyncCursorRow, INSTANCE).cursor  # type: ignore[union-attr]
-    assert pipeline.poll_connector(rig.rt, INSTANCE).kind == "retry"
+    assert poll_connector(rig.rt, INSTANCE).kind == "retry"
     with session_scope(rig.url) as s:
         cur = s.get(SyncCursorRow, INSTANCE)
         assert cur is not None and cur.cursor == cursor and cur.lease_until is None
@@ -299,7 +304,7 @@ def test_many_workers_keep_to_one_call_at_a_time_and_deliver_everything_once(
     tmp_path: Path, counting_sims: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, sqlite_url: str
 ) -> None:
     rig = limited_rig(tmp_path, counting_sims, monkeypatch, sqlite_url, {"per_second": 20, "concurrency": 1})
-    refs = [pipeline.accept_case(rig.rt, json.dumps(c)).hub_ref for c in bromsgrove_cases(12, seed=5)]
+    refs = [accept_case(rig.rt, json.dumps(c)).hub_ref for c in bromsgrove_cases(12, seed=5)]
     rig.backoffice.most.clear()
     todo = list(refs)
     lock = threading.Lock()
@@ -311,7 +316,7 @@ def test_many_workers_keep_to_one_call_at_a_time_and_deliver_everything_once(
                 if not todo:
                     return
                 ref = todo.pop(0)
-            out = pipeline.deliver_case(rig.rt, ref)
+            out = deliver_case(rig.rt, ref)
             with lock:
                 kinds.append(out.kind)
                 if out.kind in ("retry", "skipped"):

@@ -19,8 +19,10 @@ from sqlalchemy import select
 
 from hubbridge import store
 from hubbridge.store import CaseRow, session_scope
-from hubbridge.workflows import pipeline, tasks
+from hubbridge.workflows import tasks
 from hubbridge.workflows.casegen import generate_cases
+from hubbridge.workflows.intake import accept_case
+from hubbridge.workflows.runtime import Runtime, reset_runtime
 
 from .stack import use_config, write_config
 
@@ -31,18 +33,18 @@ def pg_rt(tmp_path: Path, sims: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
     hub.reset()
     cfg = write_config(tmp_path / "config", hub.endpoint, {"bartec": bartec.url}, ["bartec"])
     use_config(monkeypatch, cfg, pg_url)
-    rt = pipeline.Runtime()
-    pipeline.reset_runtime(rt)  # the tasks use the process runtime
+    rt = Runtime()
+    reset_runtime(rt)  # the tasks use the process runtime
     yield rt
-    pipeline.reset_runtime(None)
+    reset_runtime(None)
 
 
 def test_a_store_connection_dropped_under_a_task_makes_it_run_again(
-    pg_rt: pipeline.Runtime, monkeypatch: pytest.MonkeyPatch
+    pg_rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case = next(c for c in generate_cases(12, seed=71, start_serial=71_000)
                 if c["service"] == "refuse.missed-collection")
-    ref = pipeline.accept_case(pg_rt, json.dumps(case)).hub_ref
+    ref = accept_case(pg_rt, json.dumps(case)).hub_ref
     monkeypatch.setattr(store, "IDLE_PING_SECONDS", 3600.0)  # the pooled connection is trusted, not pinged
     plain = pg_rt.url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as conn:  # as a PostgreSQL restart would

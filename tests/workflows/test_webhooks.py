@@ -22,10 +22,13 @@ from hubbridge.config.settings import Settings
 from hubbridge.connectors.hub import HubSimulator
 from hubbridge.signing import sign
 from hubbridge.store import HubUpdateRow, LinkRow, SeenUpdateRow, session_scope
-from hubbridge.workflows import pipeline
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.casegen import generate_cases
+from hubbridge.workflows.delivery import deliver_case
 from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
+from hubbridge.workflows.intake import accept_case
+from hubbridge.workflows.runtime import Runtime
+from hubbridge.workflows.sync import poll_connector
 
 from .stack import connectors_yaml, use_config, write_config
 
@@ -38,7 +41,7 @@ def secret_env(name: str) -> str:
 
 
 class Planning:
-    def __init__(self, rt: pipeline.Runtime, sim: Any, hub: Any) -> None:
+    def __init__(self, rt: Runtime, sim: Any, hub: Any) -> None:
         self.rt, self.sim, self.hub = rt, sim, hub
 
     def delivered_case(self) -> tuple[str, str, str]:
@@ -46,8 +49,8 @@ class Planning:
         # any district but Wychavon, whose instance is left without a webhook secret
         case = next(c for c in generate_cases(30, areas=("planning",), seed=9, start_serial=next(_serials))
                     if c["authority"] != "wychavon")
-        ref = pipeline.accept_case(self.rt, json.dumps(case)).hub_ref
-        assert pipeline.deliver_case(self.rt, ref).kind == "done"
+        ref = accept_case(self.rt, json.dumps(case)).hub_ref
+        assert deliver_case(self.rt, ref).kind == "done"
         with session_scope(self.rt.url) as s:
             link = s.scalar(select(LinkRow).where(LinkRow.hub_ref == ref))
             assert link is not None
@@ -72,7 +75,7 @@ def planning(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -
                 inst["webhook_secret_env"] = secret_env(name)
                 monkeypatch.setenv(secret_env(name), SECRET)
     use_config(monkeypatch, cfg_dir, sqlite_url)
-    rt = pipeline.Runtime()
+    rt = Runtime()
     yield Planning(rt, sim, hub)
     rt.close()
     sim.stop()
@@ -112,8 +115,8 @@ def test_simulator_pushes_reach_the_hub_outbox_once(planning: Planning) -> None:
         assert len(pushed) == before + 1
         assert pushed[-1].payload["backoffice_ref"] == bo_ref
         # the same change read again from the changes feed is already taken
-        pipeline.poll_connector(planning.rt, name)
-        pipeline.poll_connector(planning.rt, name)
+        poll_connector(planning.rt, name)
+        poll_connector(planning.rt, name)
         assert len(planning.updates(ref)) == before + 1
     finally:
         server.should_exit = True

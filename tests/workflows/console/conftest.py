@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
-from hubbridge.workflows import pipeline
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.console.passwords import hash_password
+from hubbridge.workflows.delivery import deliver_case
+from hubbridge.workflows.intake import accept_case
+from hubbridge.workflows.outbox import push_hub
+from hubbridge.workflows.runtime import Runtime
 
 SECRET = "console-test-secret-" + "x" * 24
 PASSWORDS = {"olive": "operator-password-1", "ada": "admin-password-12", "rufus": "refuse-password-1"}
@@ -41,12 +44,12 @@ def cases_of(service: str, n: int = 1) -> list[dict[str, Any]]:
     return list(generate_cases(n, services=[service], start_serial=next(_serials), seed=next(_serials)))
 
 
-def take_in(rt: pipeline.Runtime, case: dict[str, Any], *, deliver: bool = True) -> str:
+def take_in(rt: Runtime, case: dict[str, Any], *, deliver: bool = True) -> str:
     """Accept a case and, if asked, deliver it to the back-office simulator and tell the Hub."""
-    ref = pipeline.accept_case(rt, json.dumps(case)).hub_ref
+    ref = accept_case(rt, json.dumps(case)).hub_ref
     if deliver:
-        assert pipeline.deliver_case(rt, ref).kind == "done"
-        assert pipeline.push_hub(rt, ref).kind == "done"
+        assert deliver_case(rt, ref).kind == "done"
+        assert push_hub(rt, ref).kind == "done"
     return ref
 
 

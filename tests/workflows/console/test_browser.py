@@ -29,8 +29,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select
 
 from hubbridge.store import DeadLetterRow, LinkRow, session_scope
-from hubbridge.workflows import pipeline
 from hubbridge.workflows.api import create_app
+from hubbridge.workflows.delivery import deliver_case
+from hubbridge.workflows.outbox import push_hub
 
 from ..conftest import Rig
 from .conftest import PASSWORDS, cases_of, take_in, write_console_yaml
@@ -180,7 +181,7 @@ def test_operator_replays_a_dead_letter_after_confirming(site: Any) -> None:
     bad = sorted(rig.backoffice.unknown_uprns)[0]
     case["location"]["uprn"] = case["customer"]["address"]["uprn"] = bad
     ref = take_in(rig.rt, case, deliver=False)
-    assert pipeline.deliver_case(rig.rt, ref).kind == "dead"
+    assert deliver_case(rig.rt, ref).kind == "dead"
     with session_scope(rig.url) as s:
         dead_id = s.scalar(select(DeadLetterRow.id).where(DeadLetterRow.hub_ref == ref))
     log_in(driver, server, "olive")
@@ -199,8 +200,8 @@ def test_operator_replays_a_dead_letter_after_confirming(site: Any) -> None:
         driver.find_element(By.ID, "confirm").click()
         assert f"case {ref} queued for delivery again" in text_of(driver, "#action-result")
         # the worker's part, done here in-process: the case is due now and is delivered once
-        assert pipeline.deliver_case(rig.rt, ref).kind == "done"
-        assert pipeline.push_hub(rig.rt, ref).kind == "done"
+        assert deliver_case(rig.rt, ref).kind == "done"
+        assert push_hub(rig.rt, ref).kind == "done"
     finally:
         rig.backoffice.unknown_uprns.add(bad)
     driver.find_element(By.LINK_TEXT, f"Look at case {ref}").click()

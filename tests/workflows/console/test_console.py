@@ -15,12 +15,12 @@ from sqlalchemy import select
 from hubbridge.errors import ConfigError, ConfigErrors
 from hubbridge.sla.report import build_report
 from hubbridge.store import CaseRow, DeadLetterRow, EventRow, LinkRow, session_scope
-from hubbridge.workflows import pipeline
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.console.passwords import hash_password, verify_password
 from hubbridge.workflows.console.queues import queue_depths
 from hubbridge.workflows.console.sessions import COOKIE_NAME, AttemptLimiter, Session, SessionCodec
 from hubbridge.workflows.console.settings import load_console_settings
+from hubbridge.workflows.delivery import deliver_case
 from tests.conftest import AMQP_URL
 
 from ..conftest import Rig
@@ -61,7 +61,7 @@ def refused_case(rig: Rig) -> tuple[str, int]:
     case["location"]["uprn"] = bad
     case["customer"]["address"]["uprn"] = bad
     ref = take_in(rig.rt, case, deliver=False)
-    assert pipeline.deliver_case(rig.rt, ref).kind == "dead"
+    assert deliver_case(rig.rt, ref).kind == "dead"
     with session_scope(rig.url) as s:
         dead_id = s.scalar(select(DeadLetterRow.id).where(DeadLetterRow.hub_ref == ref))
     assert dead_id is not None

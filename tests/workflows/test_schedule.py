@@ -1,0 +1,25 @@
+"""Beat's reconcile sweep hands lost or due work back to the queues."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from hubbridge.store import (
+    utcnow,
+)
+from hubbridge.workflows.delivery import deliver_case
+from hubbridge.workflows.schedule import reconcile
+
+from .conftest import Rig, accept, missed_bins
+
+
+def test_reconcile_requeues_lost_work(rig: Rig) -> None:
+    ref = accept(rig, missed_bins(1)[0])
+    # the message for this case was lost: nothing happens until its lease runs out
+    assert ref not in reconcile(rig.rt).deliver
+    later = utcnow() + timedelta(seconds=rig.rt.settings.reconcile_after_seconds + 1)
+    sweep = reconcile(rig.rt, now=later)
+    assert sweep.deliver == [ref]
+    assert reconcile(rig.rt, now=later).deliver == []  # leased again: not queued twice
+    deliver_case(rig.rt, ref, tell_hub=False)
+    sweep = reconcile(rig.rt, now=later + timedelta(seconds=rig.rt.settings.reconcile_after_seconds + 1))
+    assert ref in sweep.push  # its Hub update was never pushed
