@@ -15,6 +15,7 @@ from celery import Celery
 from celery.signals import setup_logging, task_prerun, worker_init, worker_process_init
 
 from hubbridge.config.settings import Settings, get_settings
+from hubbridge.workflows import queues
 from hubbridge.workflows.broker import queue_declarations
 
 
@@ -38,18 +39,12 @@ def make_app(settings: Settings | None = None) -> Celery:
         result_backend=None,
         task_default_delivery_mode="persistent",
         task_queues=queue_declarations(settings),
-        task_default_queue="hubbridge.deliver",
+        task_default_queue=queues.DELIVER,
         task_default_exchange="hubbridge",
         task_default_routing_key="deliver",
         task_create_missing_queues=False,
-        task_routes={
-            "hubbridge.deliver_case": {"queue": "hubbridge.deliver", "routing_key": "deliver"},
-            "hubbridge.push_hub": {"queue": "hubbridge.hub", "routing_key": "hub"},
-            "hubbridge.poll_connector": {"queue": "hubbridge.sync", "routing_key": "sync"},
-            "hubbridge.reconcile": {"queue": "hubbridge.control", "routing_key": "control"},
-            "hubbridge.poll_due": {"queue": "hubbridge.control", "routing_key": "control"},
-            "hubbridge.drain_dead": {"queue": "hubbridge.control", "routing_key": "control"},
-        },
+        task_routes={task: {"queue": queue, "routing_key": queues.routing_key(queue)}
+                     for task, queue in queues.TASK_QUEUES.items()},
         task_queue_max_priority=10,
         task_default_priority=0,
         broker_transport_options=transport_options,
@@ -92,12 +87,12 @@ def _warm_before_fork(**_: Any) -> None:
 
     import structlog
 
-    from hubbridge.workflows import pipeline
+    from hubbridge.workflows.runtime import runtime
 
     # Celery sets up logging only after worker_init: configure it first, so nothing warm() binds or logs
     # is left on structlog's defaults (console lines, no redaction) in every pool process.
     _logging()
-    routes = pipeline.runtime().warm()
+    routes = runtime().warm()
     gc.freeze()
     structlog.get_logger(__name__).info("worker.warm", routes=routes)
 

@@ -22,6 +22,7 @@ from kombu.utils.json import loads
 from sqlalchemy import create_engine, event, text
 
 from hubbridge.config.settings import Settings
+from hubbridge.workflows import queues
 
 EMBEDDED_SCHEME = "embedded"
 CHANNEL_OPTIONS = ("polling_interval",)
@@ -100,7 +101,7 @@ def embedded_url(path: str) -> str:
     return f"{EMBEDDED_SCHEME}+sqlite:///{path}"
 
 
-QUEUES = ("deliver", "hub", "sync", "control")
+QUEUES = queues.ROUTING_KEYS
 DEAD_LETTER_EXCHANGE = "hubbridge.dlx"
 DEAD_LETTER_QUEUE = "hubbridge.dead"
 

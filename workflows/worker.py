@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from hubbridge.config.settings import Settings
-from hubbridge.errors import HubbridgeError
+from hubbridge.errors import UsageError
+from hubbridge.workflows import queues as queue_names
 
 
 class Lane(StrEnum):
@@ -21,14 +22,12 @@ class Lane(StrEnum):
     SYNC = "sync"
 
 
-# broker.QUEUES, spelt out: importing the broker (kombu, SQLAlchemy) would cost every CLI command half a second;
-# test_lanes checks the two agree
 LANE_QUEUES: dict[Lane, tuple[str, ...]] = {
-    Lane.ALL: ("hubbridge.deliver", "hubbridge.hub", "hubbridge.sync", "hubbridge.control"),
+    Lane.ALL: queue_names.ALL,
     # new cases to their back offices: the work the Hub's users wait on
-    Lane.DELIVERY: ("hubbridge.deliver",),
+    Lane.DELIVERY: (queue_names.DELIVER,),
     # back-office changes to the Hub, retried Hub pushes, beat's reconcile and poll scheduling
-    Lane.SYNC: ("hubbridge.hub", "hubbridge.sync", "hubbridge.control"),
+    Lane.SYNC: (queue_names.HUB, queue_names.SYNC, queue_names.CONTROL),
 }
 SYNC_LANE_NICE = 10
 """The sync lane's niceness by default: about a tenth of a core's share against deliveries when both want it."""
@@ -69,16 +68,16 @@ def plan(
     chosen = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else LANE_QUEUES[lane]
     unknown = [q for q in chosen if q not in LANE_QUEUES[Lane.ALL]]
     if unknown or not chosen:
-        raise HubbridgeError(f"unknown queue {', '.join(unknown) or '(none given)'}", where="hubbridge worker --queues",
-                             hint=f"hubbridge's queues are {','.join(LANE_QUEUES[Lane.ALL])}")
+        raise UsageError(f"unknown queue {', '.join(unknown) or '(none given)'}", where="hubbridge worker --queues",
+                         hint=f"hubbridge's queues are {','.join(LANE_QUEUES[Lane.ALL])}")
     if concurrency is None:
         # the sync lane's work is a few polls a second: one process, so it never takes a CPU deliveries need
         concurrency = 1 if lane is Lane.SYNC else settings.resolved_worker_concurrency
     if nice is None:
         nice = SYNC_LANE_NICE if lane is Lane.SYNC else 0
     if not 0 <= nice <= 19:
-        raise HubbridgeError(f"niceness {nice} is outside 0-19", where="hubbridge worker --nice",
-                             hint="a worker can lower its own CPU priority, not raise it")
+        raise UsageError(f"niceness {nice} is outside 0-19", where="hubbridge worker --nice",
+                         hint="a worker can lower its own CPU priority, not raise it")
     return WorkerPlan(lane=lane, queues=chosen, concurrency=concurrency, nice=nice)
 
 
