@@ -92,6 +92,10 @@ class Connector(ABC):
     plugin: ClassVar[str]
     supports_cancel: ClassVar[bool] = False
     supports_notes: ClassVar[bool] = False
+    supports_webhooks: ClassVar[bool] = False
+    """True when the back office pushes signed change notifications that `parse_webhook` reads."""
+    supports_raised_details: ClassVar[bool] = False
+    """True when `raised_details` fills in Hub-case fields for jobs raised directly in the back office."""
 
     def __init__(self, instance: ConnectorInstance, env: Mapping[str, str] | None = None) -> None:
         self.instance = instance
@@ -137,10 +141,29 @@ class Connector(ABC):
         return json.dumps(delivery.payload, indent=2, sort_keys=True, default=str)
 
     def cancel(self, backoffice_ref: str, reason: str) -> None:
+        """Cancel the back-office job; only when `supports_cancel`."""
         raise NotSupported(f"{self.plugin} does not support cancellation", instance=self.name)
 
     def add_note(self, backoffice_ref: str, note: str) -> None:
+        """Add a note to the back-office job; only when `supports_notes`."""
         raise NotSupported(f"{self.plugin} does not support notes", instance=self.name)
+
+    @classmethod
+    def parse_webhook(
+        cls, headers: Mapping[str, str], body: bytes, secret: str, *, now: float | None = None
+    ) -> list[BackOfficeUpdate]:
+        """Verify and parse a pushed change notification; only when `supports_webhooks`.
+
+        Implementations are staticmethods (no instance is needed); this default is a classmethod only so
+        that it can name the plugin that has no webhooks.
+        """
+        raise NotSupported(f"{cls.plugin} does not take pushed updates (webhooks)")
+
+    def raised_details(self, update: BackOfficeUpdate) -> dict[str, Any]:
+        """Partial Hub-case fields (authority, customer, location, description, attributes) for a job raised
+        directly in the back office, when the update feed does not carry them; only when `supports_raised_details`.
+        """
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions and sockets."""

@@ -1,29 +1,31 @@
 """The conformance suite every connector passes against its simulator over real sockets.
 
-A connector's test module (ours or a third party's) provides a `harness` fixture and subclasses
-`ConnectorConformance`; pytest then runs every check below against it:
+A connector's test module (ours or a third party's) declares its connector with one call and pytest
+runs every check below against it:
 
-    class TestMyConnector(ConnectorConformance):
-        @pytest.fixture
-        def harness(self):
-            with MySimulator() as sim:
-                yield ConformanceHarness(...)
+    TestMySystem = conformance_tests(connector=MySystemConnector, simulator=MySystemSimulator,
+                                     delivery=my_delivery, tenant="malvern-hills")
+
+A module that needs more control may still subclass `ConnectorConformance` and give it a `harness` fixture.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
+from hubbridge.config.models import ConnectorInstance, Timeouts
 from hubbridge.connectors.base import (
     BackOfficeUpdate,
     Connector,
     CreateResult,
     Delivery,
     TargetField,
+    connector_class,
 )
 from hubbridge.connectors.simulator import JobStore, Simulator
 from hubbridge.errors import (
@@ -359,3 +361,82 @@ class ConnectorConformance:
             with pytest.raises(NotSupported):
                 connector.cancel(ref, "x")
         connector.close()
+
+
+@dataclass(frozen=True)
+class ConformanceTarget:
+    """One connector as the suite drives it: its class, its simulator, sample deliveries and instance settings."""
+
+    connector: type[Connector] | str
+    """The connector class, or its plugin name to load through the entry point when a test starts."""
+    simulator: Callable[[], Simulator]
+    """Makes the (unstarted) simulator; its `tenant_url`, `jobs_for` and `advance` are what the suite uses."""
+    delivery: Callable[[int], Delivery]
+    """The i-th distinct, valid sample delivery (its own hub_ref)."""
+    tenant: str
+    refused_delivery: Callable[[int], Delivery] | None = None
+    """Optional: the i-th delivery the back office refuses, for the permanent-error check."""
+    name: str = "{plugin}-{tenant}"
+    """The instance name, formatted with `plugin` and `tenant`."""
+    credentials: Mapping[str, str] = field(default_factory=dict)
+    """Credential role -> environment variable name, as in connectors.yaml."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """The environment the connector reads those variables from (never the process's own)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    read_timeout: float = 10.0
+    """The read timeout when a check asks for none in particular."""
+    fixtures: Sequence[str] = ()
+    """pytest fixtures to set up before the simulator starts (e.g. one that installs a plugin)."""
+
+    def connector_class(self) -> type[Connector]:
+        """The connector class, loaded now if it was given by plugin name."""
+        return connector_class(self.connector) if isinstance(self.connector, str) else self.connector
+
+    def harness(self, sim: Simulator, tenant: str | None = None,
+                made: list[Connector] | None = None) -> ConformanceHarness:
+        """The harness for `sim` (started), for `tenant` (default: the target's); connectors built go in `made`."""
+        cls = self.connector_class()
+        tenant = tenant or self.tenant
+
+        def make_connector(read_timeout: float | None = None) -> Connector:
+            instance = ConnectorInstance(
+                name=self.name.format(plugin=cls.plugin, tenant=tenant), plugin=cls.plugin,
+                endpoint=sim.tenant_url(tenant), credentials=dict(self.credentials), options=dict(self.options),
+                timeouts=Timeouts(connect=2.0, read=read_timeout if read_timeout is not None else self.read_timeout),
+            )
+            conn = cls(instance, env=dict(self.env))
+            if made is not None:
+                made.append(conn)
+            return conn
+
+        return ConformanceHarness(
+            simulator=sim,
+            make_connector=make_connector,
+            delivery=self.delivery,
+            jobs_for=lambda hub_ref: sim.jobs_for(hub_ref, tenant),
+            advance=lambda: sim.advance(tenant),
+            refused_delivery=self.refused_delivery,
+        )
+
+
+def conformance_tests(**target: Any) -> type[ConnectorConformance]:
+    """The whole suite as a pytest test class for one connector; the keywords are `ConformanceTarget`'s fields.
+
+    Assign the result to a `Test...` name in a test module and pytest runs every check against the connector.
+    """
+    declared = ConformanceTarget(**target)
+
+    class Conformance(ConnectorConformance):
+        target = declared
+
+        @pytest.fixture
+        def harness(self, request: pytest.FixtureRequest) -> Iterator[ConformanceHarness]:
+            for name in declared.fixtures:
+                request.getfixturevalue(name)
+            made: list[Connector] = []
+            with declared.simulator() as sim:
+                yield declared.harness(sim, made=made)
+                for conn in made:
+                    conn.close()
+
+    return Conformance

@@ -333,6 +333,25 @@ class Simulator:
         self._ticker = threading.Thread(target=run, name=f"{self.name}-ticker", daemon=True)
         self._ticker.start()
 
+    # -- what the conformance suite reads and drives ------------------------------------------
+    def _jobs(self) -> JobStore:
+        store = getattr(self, "store", None)
+        if not isinstance(store, JobStore):
+            raise NotImplementedError(f"{type(self).__name__} keeps no JobStore in .store; override jobs_for/advance")
+        return store
+
+    def jobs_for(self, hub_ref: str, tenant: str | None = None) -> int:
+        """How many jobs carry `hub_ref` (in one tenant, or in any), from the back office's own records."""
+        store = self._jobs()
+        if tenant is not None:
+            return len(store.by_hub_ref(tenant, hub_ref))
+        with store._lock:
+            return sum(1 for j in store.jobs.values() if j.hub_ref == hub_ref)
+
+    def advance(self, tenant: str | None = None) -> int:
+        """Move every open job (of one tenant, or all) one step along its lifecycle; returns how many moved."""
+        return self._jobs().advance(tenant)
+
     # -- per-protocol hooks --------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
         raise NotImplementedError

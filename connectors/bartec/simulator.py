@@ -187,9 +187,6 @@ class BartecSimulator(Simulator):
         with self._lock:
             self._tokens.clear()
 
-    def jobs_for(self, tenant: str, hub_ref: str) -> int:
-        return len(self.store.by_hub_ref(tenant, hub_ref))
-
     def _set_initial_status(self, job: Job, status: str, note: str | None) -> None:
         with self.store._lock:  # the creation event carries the starting status, not a second event
             job.status = status

@@ -136,6 +136,7 @@ class PlanningConnector(Connector):
     plugin: ClassVar[str] = "planning"
     supports_cancel: ClassVar[bool] = True
     supports_notes: ClassVar[bool] = True
+    supports_webhooks: ClassVar[bool] = True
 
     def __init__(self, instance: ConnectorInstance, env: Mapping[str, str] | None = None) -> None:
         super().__init__(instance, env)

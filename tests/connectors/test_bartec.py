@@ -226,7 +226,7 @@ def test_tenants_are_separate(sim: BartecSimulator) -> None:
     b = bartec_harness(sim, "redditch").make_connector()
     a.create(bartec_delivery(10))
     assert b.find("WH-2026-000011") is None
-    assert sim.jobs_for("bromsgrove", "WH-2026-000011") == 1
+    assert sim.jobs_for("WH-2026-000011", "bromsgrove") == 1
     assert all(u.backoffice_ref not in {j.ref for j in sim.store.tenant_jobs("bromsgrove")}
                for u in b.updates_since(None).updates)
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import pytest
-
-from hubbridge.config.models import ConnectorInstance, Timeouts
 from hubbridge.connectors.bartec import BartecConnector, BartecSimulator
 from hubbridge.connectors.base import Delivery
-from hubbridge.connectors.conformance import ConformanceHarness, ConnectorConformance
+from hubbridge.connectors.conformance import ConformanceHarness, conformance_tests
 
 TENANT = "wychavon"
 ENV = {"WYCHAVON_BARTEC_USER": "hubbridge", "WYCHAVON_BARTEC_PASSWORD": "not-a-real-password"}
@@ -34,27 +30,13 @@ def bartec_delivery(i: int, uprn: str | None = None) -> Delivery:
     )
 
 
+TestBartecConformance = conformance_tests(
+    connector=BartecConnector, simulator=BartecSimulator, delivery=bartec_delivery, tenant=TENANT,
+    refused_delivery=lambda i: bartec_delivery(900 + i, uprn="999999999999"), name="refuse-{tenant}",
+    credentials={"username": "WYCHAVON_BARTEC_USER", "password": "WYCHAVON_BARTEC_PASSWORD"}, env=ENV,
+    read_timeout=5.0)
+
+
 def bartec_harness(sim: BartecSimulator, tenant: str = TENANT) -> ConformanceHarness:
-    def make_connector(read_timeout: float | None = None) -> BartecConnector:
-        instance = ConnectorInstance(
-            name=f"refuse-{tenant}", plugin="bartec", endpoint=sim.tenant_url(tenant),
-            credentials={"username": "WYCHAVON_BARTEC_USER", "password": "WYCHAVON_BARTEC_PASSWORD"},
-            timeouts=Timeouts(connect=2.0, read=read_timeout or 5.0),
-        )
-        return BartecConnector(instance, env=ENV)
-
-    return ConformanceHarness(
-        simulator=sim,
-        make_connector=make_connector,
-        delivery=bartec_delivery,
-        jobs_for=lambda hub_ref: sim.jobs_for(tenant, hub_ref),
-        advance=lambda: sim.advance(tenant),
-        refused_delivery=lambda i: bartec_delivery(900 + i, uprn="999999999999"),
-    )
-
-
-class TestBartecConformance(ConnectorConformance):
-    @pytest.fixture
-    def harness(self) -> Iterator[ConformanceHarness]:
-        with BartecSimulator() as sim:
-            yield bartec_harness(sim)  # type: ignore[arg-type]
+    """The conformance harness for one Bartec tenant of `sim`, for the Bartec-specific tests."""
+    return TestBartecConformance.target.harness(sim, tenant)

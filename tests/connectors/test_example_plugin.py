@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hubbridge.config.models import ConnectorInstance, Timeouts
 from hubbridge.connectors.base import Delivery, connector_class
-from hubbridge.connectors.conformance import ConformanceHarness, ConnectorConformance
+from hubbridge.connectors.conformance import conformance_tests
+from hubbridge.connectors.simulator import Simulator
 from hubbridge.errors import ConfigError
 
 PLUGIN_DIR = Path(__file__).parent / "example_plugin"
@@ -53,20 +53,13 @@ def _delivery(i: int, uprn: str = "100120000001") -> Delivery:
                     payload={"description": f"Sofa and two chairs, case {i}", "uprn": uprn})
 
 
-class TestExamplePluginConformance(ConnectorConformance):
-    @pytest.fixture
-    def harness(self, example_plugin: type) -> Iterator[ConformanceHarness]:
-        from hubbridge_example_json import ExampleJsonSimulator  # importable once the plugin is "installed"
+def _simulator() -> Simulator:
+    from hubbridge_example_json import ExampleJsonSimulator  # importable once the plugin is "installed"
 
-        with ExampleJsonSimulator() as sim:
-            def make_connector(read_timeout: float | None = None) -> object:
-                instance = ConnectorInstance(name="example", plugin="example-json", endpoint=sim.tenant_url(TENANT),
-                                             timeouts=Timeouts(connect=2.0, read=read_timeout or 5.0))
-                return example_plugin(instance, env={})
+    return ExampleJsonSimulator()
 
-            yield ConformanceHarness(
-                simulator=sim, make_connector=make_connector, delivery=_delivery,
-                jobs_for=lambda ref: len(sim.store.by_hub_ref(TENANT, ref)),
-                advance=lambda: sim.store.advance(TENANT),
-                refused_delivery=lambda i: _delivery(900 + i, uprn="0"),
-            )
+
+TestExamplePluginConformance = conformance_tests(
+    connector="example-json", simulator=_simulator, delivery=_delivery, tenant=TENANT,
+    refused_delivery=lambda i: _delivery(900 + i, uprn="0"), name="example", read_timeout=5.0,
+    fixtures=["example_plugin"])

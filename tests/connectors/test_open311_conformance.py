@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
-import pytest
-
-from hubbridge.config.models import ConnectorInstance, Timeouts
 from hubbridge.connectors.base import Delivery
-from hubbridge.connectors.conformance import ConformanceHarness, ConnectorConformance
+from hubbridge.connectors.conformance import conformance_tests
 from hubbridge.connectors.open311 import Open311Connector, Open311Simulator
 from hubbridge.connectors.open311.simulator import DEFAULT_API_KEY
 
@@ -41,35 +38,8 @@ def refused(i: int) -> Delivery:
                     payload={**good.payload, "service_code": "SL_LNO", "attributes": {}})
 
 
-class _Open311Conformance(ConnectorConformance):
-    fmt = "json"
-
-    @pytest.fixture
-    def harness(self) -> Iterator[ConformanceHarness]:
-        with Open311Simulator() as sim:
-            assert isinstance(sim, Open311Simulator)
-
-            def make_connector(read_timeout: float | None = None) -> Open311Connector:
-                inst = ConnectorInstance(
-                    name="highways-county", plugin="open311", endpoint=sim.tenant_url(TENANT),
-                    credentials={"api_key": KEY_ENV}, options={"format": self.fmt},
-                    timeouts=Timeouts(connect=2, read=read_timeout or 10),
-                )
-                return Open311Connector(inst, env={KEY_ENV: DEFAULT_API_KEY})
-
-            yield ConformanceHarness(
-                simulator=sim,
-                make_connector=make_connector,
-                delivery=sample,
-                jobs_for=lambda hub_ref: sim.jobs_for(hub_ref, TENANT),
-                advance=lambda: sim.advance(TENANT),
-                refused_delivery=refused,
-            )
-
-
-class TestOpen311JsonConformance(_Open311Conformance):
-    fmt = "json"
-
-
-class TestOpen311XmlConformance(_Open311Conformance):
-    fmt = "xml"
+OPEN311: dict[str, Any] = dict(
+    connector=Open311Connector, simulator=Open311Simulator, delivery=sample, tenant=TENANT, refused_delivery=refused,
+    name="highways-{tenant}", credentials={"api_key": KEY_ENV}, env={KEY_ENV: DEFAULT_API_KEY})
+TestOpen311JsonConformance = conformance_tests(**OPEN311, options={"format": "json"})
+TestOpen311XmlConformance = conformance_tests(**OPEN311, options={"format": "xml"})

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from hubbridge.config.models import ConnectorInstance, Timeouts
 from hubbridge.connectors.base import Delivery
-from hubbridge.connectors.conformance import ConformanceHarness, ConnectorConformance
+from hubbridge.connectors.conformance import conformance_tests
 from hubbridge.connectors.planning import PlanningConnector, PlanningSimulator
 from hubbridge.connectors.planning.simulator import DEFAULT_TOKEN
 
@@ -45,30 +40,6 @@ def refused_delivery(i: int) -> Delivery:
                     payload=payload, mapping_version="conformance")
 
 
-class TestPlanningConformance(ConnectorConformance):
-    @pytest.fixture
-    def harness(self) -> Iterator[ConformanceHarness]:
-        with PlanningSimulator() as sim:
-            assert isinstance(sim, PlanningSimulator)
-            made: list[PlanningConnector] = []
-
-            def make_connector(read_timeout: float | None = None) -> PlanningConnector:
-                inst = ConnectorInstance(
-                    name=f"planning-{TENANT}", plugin="planning", endpoint=sim.tenant_url(TENANT),
-                    credentials={"token": TOKEN_ENV},
-                    timeouts=Timeouts(connect=2.0, read=read_timeout if read_timeout is not None else 10.0),
-                )
-                conn = PlanningConnector(inst, env={TOKEN_ENV: DEFAULT_TOKEN})
-                made.append(conn)
-                return conn
-
-            yield ConformanceHarness(
-                simulator=sim,
-                make_connector=make_connector,
-                delivery=sample_delivery,
-                jobs_for=lambda hub_ref: sim.jobs_for(hub_ref, TENANT),
-                advance=lambda: sim.advance(TENANT),
-                refused_delivery=refused_delivery,
-            )
-            for conn in made:
-                conn.close()
+TestPlanningConformance = conformance_tests(
+    connector=PlanningConnector, simulator=PlanningSimulator, delivery=sample_delivery, tenant=TENANT,
+    refused_delivery=refused_delivery, credentials={"token": TOKEN_ENV}, env={TOKEN_ENV: DEFAULT_TOKEN})

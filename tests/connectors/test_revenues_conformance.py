@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from hubbridge.config.models import ConnectorInstance, Timeouts
 from hubbridge.connectors.base import Delivery
-from hubbridge.connectors.conformance import ConformanceHarness, ConnectorConformance
+from hubbridge.connectors.conformance import conformance_tests
 from hubbridge.connectors.revenues import RevenuesConnector, RevenuesSimulator
 from hubbridge.connectors.revenues.simulator import UNKNOWN_ACCOUNTS
 
@@ -50,30 +46,7 @@ def refused_delivery(i: int) -> Delivery:
                     payload=payload, mapping_version="conformance")
 
 
-class TestRevenuesConformance(ConnectorConformance):
-    @pytest.fixture
-    def harness(self) -> Iterator[ConformanceHarness]:
-        with RevenuesSimulator() as sim:
-            assert isinstance(sim, RevenuesSimulator)
-            made: list[RevenuesConnector] = []
-
-            def make_connector(read_timeout: float | None = None) -> RevenuesConnector:
-                inst = ConnectorInstance(
-                    name="revenues-shared-services", plugin="revenues", endpoint=sim.tenant_url(TENANT),
-                    credentials={"username": "SHARED_REVENUES_USER", "password": "SHARED_REVENUES_PASSWORD"},
-                    timeouts=Timeouts(connect=2.0, read=read_timeout if read_timeout is not None else 10.0),
-                )
-                conn = RevenuesConnector(inst, env=ENV)
-                made.append(conn)
-                return conn
-
-            yield ConformanceHarness(
-                simulator=sim,
-                make_connector=make_connector,
-                delivery=sample_delivery,
-                jobs_for=lambda hub_ref: sim.jobs_for(hub_ref, TENANT),
-                advance=lambda: sim.advance(TENANT),
-                refused_delivery=refused_delivery,
-            )
-            for conn in made:
-                conn.close()
+TestRevenuesConformance = conformance_tests(
+    connector=RevenuesConnector, simulator=RevenuesSimulator, delivery=sample_delivery, tenant=TENANT,
+    refused_delivery=refused_delivery, env=ENV,
+    credentials={"username": "SHARED_REVENUES_USER", "password": "SHARED_REVENUES_PASSWORD"})
