@@ -201,6 +201,24 @@ def load_yaml(path: Path | str) -> YamlDoc:
     return parse_yaml(text, str(p))
 
 
+def read_yaml_source(path: Path | str) -> tuple[YamlDoc, bytes]:
+    """Read and parse one YAML file, also returning its exact bytes (for hashing what was loaded)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"file is larger than {MAX_YAML_BYTES} bytes", path=str(p), line=1, col=1,
+                              hint="split it into smaller files")
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror}", path=str(p)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"file is not UTF-8 ({exc.reason})", path=str(p), line=1, col=1) from None
+    return parse_yaml(text, str(p)), data
+
+
 def plain(node: Any) -> Any:
     """Turn ruamel's commented containers into plain dicts and lists."""
     if isinstance(node, dict):
