@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from bench.stack import BenchStack, cases_for, cpu_per_case, write_result
+from bench.stack import BenchStack, cases_for, cpu_per_case, stack_arguments, write_result
 
 
 def run(
@@ -75,13 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rate", type=float, default=50.0, help="cases per second")
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--embedded", action="store_true", help="embedded SQLite broker and store")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
-    parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
-    parser.add_argument("--one-worker", dest="lanes", action="store_false", default=None,
-                        help="one worker on every queue, not a delivery lane and a sync lane (the default on RabbitMQ)")
+    stack_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--profile", action="store_true", help="py-spy the API and worker into var/bench/profiles/")
     args = parser.parse_args(argv)

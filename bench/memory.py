@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.stack import BenchStack, cases_for, rss_kib, write_result
+from bench.stack import BenchStack, cases_for, rss_kib, stack_arguments, write_result
 
 
 def run(
@@ -102,13 +102,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cases", type=int, default=100_000)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--embedded", action="store_true", help="embedded SQLite broker and store")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
-    parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
-    parser.add_argument("--one-worker", dest="lanes", action="store_false", default=None,
-                        help="one worker on every queue, not a delivery lane and a sync lane (the default on RabbitMQ)")
+    stack_arguments(parser)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--batch", type=int, default=5000, help="cases posted before waiting for them to settle")
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ so other users of the local services neither see nor disturb its messages.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import multiprocessing as mp
@@ -418,7 +419,9 @@ class BenchStack:
         from amqp.exceptions import NotFound
         from kombu import Connection
 
-        for q in ("hubbridge.deliver", "hubbridge.hub", "hubbridge.sync", "hubbridge.control", "hubbridge.bench"):
+        from hubbridge.workflows.queues import ALL
+
+        for q in (*ALL, "hubbridge.bench"):
             with Connection(self.broker_url, connect_timeout=5) as conn, contextlib.suppress(NotFound):
                 conn.default_channel.queue_purge(q)
 
@@ -563,6 +566,17 @@ class BenchStack:
             # the run, and how long after the change
             "sync": {"updates": len(lags), "lag_ms": percentiles(lags)},
         }
+
+
+def stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark that starts a stack takes: output, broker and store, the worker's shape."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--embedded", action="store_true", help="embedded SQLite broker and store, no servers")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="worker processes (or threads); default as `hubbridge worker`: CPUs + 1")
+    parser.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
+    parser.add_argument("--one-worker", dest="lanes", action="store_false", default=None,
+                        help="one worker on every queue, not a delivery lane and a sync lane (the default on RabbitMQ)")
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
