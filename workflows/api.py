@@ -43,11 +43,12 @@ def app_runtime(app: FastAPI) -> Runtime:
     return app.state.rt
 
 
-def current_runtime(request: Request) -> Runtime:
+async def current_runtime(request: Request) -> Runtime:
+    # async: a plain def dependency costs every request a hop through the threadpool
     return app_runtime(request.app)
 
 
-def enqueues(request: Request) -> bool:
+async def enqueues(request: Request) -> bool:
     """Whether this app queues work itself (`enqueue=False` leaves it to reconcile)."""
     return bool(request.app.state.enqueue)
 
@@ -73,7 +74,7 @@ async def request_body(request: Request, rt: Rt) -> bytes:
 Body = Annotated[bytes, Depends(request_body)]
 
 
-def require_token(request: Request, rt: Rt) -> None:
+async def require_token(request: Request, rt: Rt) -> None:
     """Refuse a request without the API bearer token (503 while no token is configured)."""
     expected = os.environ.get(rt.settings.api_token_env)
     if not expected:
