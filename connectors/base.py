@@ -123,8 +123,12 @@ class Connector(ABC):
         """
 
     @abstractmethod
-    def find(self, hub_ref: str) -> CreateResult | None:
-        """Look up the job made for `hub_ref`, used after an unknown outcome before creating again."""
+    def find(self, hub_ref: str, delivery: Delivery | None = None) -> CreateResult | None:
+        """Look up the job made for `hub_ref`, used after an unknown outcome before creating again.
+
+        `delivery` (when known) gives what a back office without a look-up by our reference needs to search
+        by (location, service, date); raise `OutcomeUnknown` when the answer cannot be certain.
+        """
 
     @abstractmethod
     def updates_since(self, cursor: str | None, limit: int = 100) -> UpdatePage:

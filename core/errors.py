@@ -133,6 +133,22 @@ class BadResponseError(TransientError):
     """
 
 
+class OutcomeUnknown(PermanentError):
+    """A lost answer left it uncertain whether the back office holds the case, and its look-up cannot tell.
+
+    Never retried (a blind second create could make a second job): the case waits as a dead letter for an
+    operator, who checks `candidates` (back-office references that might be this case) before replaying.
+    """
+
+    def __init__(
+        self, message: str, *, instance: str | None = None, candidates: list[str] | None = None, hint: str | None = None
+    ) -> None:
+        self.candidates = list(candidates or [])
+        listed = f"; candidates: {', '.join(self.candidates)}" if self.candidates else "; no candidate found"
+        super().__init__(f"outcome unknown: {message}{listed}", instance=instance,
+                         hint=hint or "check the back office for this case before replaying or discarding it")
+
+
 class NotSupported(PermanentError):
     """The back office does not offer this operation (cancel, notes)."""
 

@@ -122,7 +122,7 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
         with throttle.slot():
             if unknown or attempts > 0:
                 throttle.pace(THROTTLE_WAIT_SECONDS)
-                result = conn.find(case.ref)  # an earlier attempt may have landed: never create twice
+                result = conn.find(case.ref, delivery)  # an earlier attempt may have landed: never create twice
             if result is None:
                 # a refusal here leaves nothing half done: there is no job yet
                 throttle.pace(THROTTLE_WAIT_SECONDS)

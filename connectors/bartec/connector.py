@@ -199,7 +199,7 @@ class BartecConnector(Connector):
         message = self._message(params, "(session token)", delivery.hub_ref)
         return etree.tostring(message, pretty_print=True, encoding="unicode")
 
-    def find(self, hub_ref: str) -> CreateResult | None:
+    def find(self, hub_ref: str, delivery: Delivery | None = None) -> CreateResult | None:
         result = self._invoke("ServiceRequests_Get", ref=hub_ref, ExternalReference=hub_ref)
         # filter again: a Bartec that ignored the criterion would otherwise hand back someone else's job
         found = [sr for sr in (result.ServiceRequest or []) if (sr.ExternalReference or "").strip() == hub_ref]

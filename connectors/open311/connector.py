@@ -137,7 +137,7 @@ class Open311Connector(Connector):
         bound.info("open311.create.done", backoffice_ref=sid)
         return CreateResult(sid, None, raw=row)
 
-    def find(self, hub_ref: str) -> CreateResult | None:
+    def find(self, hub_ref: str, delivery: Delivery | None = None) -> CreateResult | None:
         params = {f"attribute[{self.ref_attribute}]": hub_ref}
         rows = self._call("GET", "requests", params=params, what=f"look-up of {hub_ref}")
         # only trust requests that echo the reference: a server ignoring the filter must not match

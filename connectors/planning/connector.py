@@ -232,7 +232,7 @@ class PlanningConnector(Connector):
         bound.info("planning.create.done", backoffice_ref=enq.id, replayed=resp.status_code == 200)
         return self._result(enq)
 
-    def find(self, hub_ref: str) -> CreateResult | None:
+    def find(self, hub_ref: str, delivery: Delivery | None = None) -> CreateResult | None:
         url = self._url("enquiries")
         resp = self.http.request("GET", url, params={"external_reference": hub_ref}, headers=self._headers())
         self._fail(resp, f"{hub_ref}: look up enquiry")

@@ -224,7 +224,7 @@ class RevenuesConnector(Connector):
         blog.info("revenues.create.done", backoffice_ref=result.backoffice_ref, status=result.status_code)
         return result
 
-    def find(self, hub_ref: str) -> CreateResult | None:
+    def find(self, hub_ref: str, delivery: Delivery | None = None) -> CreateResult | None:
         """The work item carrying `hub_ref` as its external reference (the oldest, if several), or None."""
         items = self._items(ExternalReference=hub_ref)
         if not items:

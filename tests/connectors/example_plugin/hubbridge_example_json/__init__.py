@@ -48,7 +48,7 @@ class ExampleJsonConnector(Connector):
                           json={**delivery.payload, "external_ref": delivery.hub_ref, "service": delivery.service})
         return self._job(body)
 
-    def find(self, hub_ref: str) -> CreateResult | None:
+    def find(self, hub_ref: str, delivery: Delivery | None = None) -> CreateResult | None:
         body = self._json("GET", "jobs", params={"external_ref": hub_ref})
         jobs = body.get("jobs")
         if not isinstance(jobs, list):
