@@ -47,7 +47,7 @@ def run(
         intake_s = submitted.last - submitted.first
         # long enough for a slow machine (2 cases/s) before unfinished cases are counted as lost
         limit = timeout if timeout is not None else max(600.0, cases / 2)
-        waited = stack.wait_settled(submitted.accepted, limit)
+        settled = stack.wait_settled(submitted.accepted, limit)
         cpu = cpu_per_case(cpu_before, stack.cpu_snapshot(), submitted.accepted)
         out = stack.outcome(submitted)
         stack.stop_profiles()
@@ -57,7 +57,7 @@ def run(
         "ceiling_tasks_per_s": ceiling["ceiling_tasks_per_s"],
         "ratio": round(out["cases_per_s"] / ceiling["ceiling_tasks_per_s"], 3) if ceiling["ceiling_tasks_per_s"] else 0,
         "lost": out["lost"],
-        "timed_out": waited >= limit,
+        "timed_out": settled < submitted.accepted,
         "acknowledged": out["acknowledged"],
         "dead_lettered": out["dead_lettered"],
         "duplicate_jobs": out["duplicate_jobs"],

@@ -27,16 +27,14 @@ import sys
 import time
 from typing import Any
 
-from bench.stack import BenchStack, cpu_seconds, free_port, measure_ceiling, write_result
+from bench.stack import BenchStack, cpu_seconds, measure_ceiling, write_result
 
 
 def _api_request_cpu_ms(stack: BenchStack, n: int) -> float:
     import requests
 
-    port = free_port()
-    stack.api_url = f"http://127.0.0.1:{port}"
-    api = stack.spawn("api", ["-m", "hubbridge.workflows.cli", "api", "--port", str(port)])
-    stack.wait_api()
+    stack.start_api()
+    api = stack.procs["api"]
     with requests.Session() as http:
         for _ in range(50):  # warm: imports, first connections
             http.get(f"{stack.api_url}/healthz", timeout=10)

@@ -46,7 +46,7 @@ def run(
 
         def sample() -> None:
             while not stop.wait(sample_every):
-                acked, dead = stack.settled()
+                acked, dead = stack.acknowledged_and_dead()
                 rss = rss_kib(stack.worker_pids())  # both lanes, when split
                 samples.append((time.monotonic() - started, acked + dead, rss))
                 progress.update(bar, completed=acked + dead, rss=f"worker {rss / 1024:.0f} MiB")

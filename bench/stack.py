@@ -1,10 +1,10 @@
-"""A whole hubbridge on loopback for the benchmarks: store, broker, simulators, API, worker and beat.
+"""The whole-system harness as the benchmarks use it, and what they measure with it.
 
-Everything runs as it does in production, each piece in its own process: the simulators (the Hub and
-the four back offices) in a child process so their HTTP handling does not share the driver's GIL, the
-intake API, one Celery worker and beat as `hubbridge` subprocesses. Each run gets its own PostgreSQL
-database and RabbitMQ virtual host (or SQLite files for the embedded default), dropped afterwards,
-so other users of the local services neither see nor disturb its messages.
+Everything runs as it does in production, each piece in its own process (see `hubbridge.workflows.harness`):
+the simulators in a child process so their HTTP handling does not share the driver's GIL, the intake
+API, the worker and beat as `hubbridge` subprocesses. Each run gets its own PostgreSQL database and
+RabbitMQ virtual host (or SQLite files for the embedded default), dropped afterwards, so other users of
+the local services neither see nor disturb its messages.
 """
 
 from __future__ import annotations
@@ -12,137 +12,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from hubbridge.workflows.harness import Harness, Submitted, free_port
+from hubbridge.workflows.simulated import PLUGINS, SimulatorProcess, sync_lags
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "var" / "bench"
 PG_ADMIN_URL = os.environ.get("HUBBRIDGE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_BASE = os.environ.get("HUBBRIDGE_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 AREAS = ("refuse", "revenues", "highways", "planning")
-PLUGINS = ("bartec", "revenues", "open311", "planning")
-INTAKE_SECRET = "bench-intake-secret"
-HUB_TOKEN = "hub-demo-token"
 
-
-# -- the simulators, in their own process ---------------------------------------------------------
-
-
-def _simulator_process(conn: Any, plugins: Sequence[str], tick_seconds: float | None) -> None:
-    """Child process: serve the Hub and back-office simulators and answer the driver's questions."""
-    import logging
-
-    logging.disable(logging.INFO)
-    from hubbridge.connectors.hub import HubSimulator
-    from hubbridge.workflows.demo import simulator_for
-
-    hub = HubSimulator(token=HUB_TOKEN).start()
-    sims = {}
-    for plugin in plugins:
-        sim = simulator_for(plugin, 0).start()
-        if tick_seconds:
-            sim.auto_advance(tick_seconds, sim.store.advance)
-        sims[plugin] = sim
-    conn.send({"hub": hub.endpoint, "plugins": {p: s.url for p, s in sims.items()}})
-    while True:
-        try:
-            cmd, arg = conn.recv()
-        except EOFError:
-            break
-        if cmd == "stop":
-            break
-        if cmd == "acks":
-            # When the Hub first heard each case's back-office reference (the delivered update).
-            out: dict[str, str | None] = {}
-            for ref in arg:
-                first = next((u for u in hub.updates_for(ref) if u.get("backoffice_ref")), None)
-                out[ref] = first["received_at"] if first else None
-            conn.send({"acks": out, "out_of_order": len(hub.out_of_order), "duplicates": len(hub.duplicates)})
-        elif cmd == "sync_lags":
-            conn.send(sync_lags(hub, arg))
-        elif cmd == "jobs":
-            counts: dict[str, int] = {}
-            for sim in sims.values():
-                for ref, n in sim.store.count_by_hub_ref().items():
-                    counts[ref] = counts.get(ref, 0) + n
-            conn.send(counts)
-        else:
-            conn.send({"error": f"unknown command {cmd!r}"})
-    for sim in (hub, *sims.values()):
-        sim.stop()
-
-
-def sync_lags(hub: Any, refs: Iterable[str]) -> list[float]:
-    """Seconds from each back-office change to the Hub's receipt of it (every update after `delivered`), sorted."""
-    lags = [
-        (datetime.fromisoformat(u["received_at"]) - datetime.fromisoformat(u["occurred_at"])).total_seconds()
-        for ref in refs for u in hub.updates_for(ref) if u["status"] != "delivered"
-    ]
-    return sorted(lags)
-
-
-class SimulatorProcess:
-    """The simulators in a child process, asked over a pipe for what the Hub recorded."""
-
-    def __init__(self, plugins: Sequence[str] = PLUGINS, tick_seconds: float | None = None) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._lock = threading.Lock()
-        self.proc = ctx.Process(target=_simulator_process, args=(child, tuple(plugins), tick_seconds), daemon=True)
-        self.proc.start()
-        if not self._conn.poll(60):
-            raise RuntimeError("the simulator process did not start within 60 s")
-        ready = self._conn.recv()
-        self.hub_endpoint: str = ready["hub"]
-        self.plugin_urls: dict[str, str] = ready["plugins"]
-
-    def ask(self, cmd: str, arg: Any = None) -> Any:
-        with self._lock:
-            self._conn.send((cmd, arg))
-            return self._conn.recv()
-
-    def acks(self, refs: Iterable[str]) -> dict[str, datetime | None]:
-        """Each ref -> when the Hub recorded its back-office reference (None if it never did)."""
-        got = self.ask("acks", list(refs))
-        self.out_of_order = int(got["out_of_order"])
-        self.duplicates = int(got["duplicates"])
-        return {r: datetime.fromisoformat(t) if t else None for r, t in got["acks"].items()}
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ask_nowait("stop")
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-    def ask_nowait(self, cmd: str) -> None:
-        with self._lock:
-            self._conn.send((cmd, None))
-
-
-# -- config pointing at the simulators ------------------------------------------------------------
-
-
-def write_config(dest: Path, hub_url: str, plugin_urls: dict[str, str], *, poll_seconds: float = 5.0) -> Path:
-    """Copy the shipped config with every endpoint pointed at the simulators on their ephemeral ports."""
-    from hubbridge.workflows.demo import simulator_config
-
-    return simulator_config(dest, hub_url, plugin_urls, instance={"poll_seconds": poll_seconds})
+__all__ = ["PLUGINS", "BenchStack", "Submitted", "free_port", "sync_lags"]
 
 
 # -- store and broker for one run -----------------------------------------------------------------
@@ -182,55 +76,36 @@ def _vhost_create() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # -- the stack ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Submitted:
-    """What the driver posted: each ref's intake time (wall clock, seconds) and the HTTP outcomes."""
-
-    at: dict[str, float] = field(default_factory=dict)
-    accepted: int = 0
-    refused: int = 0
-    first: float = 0.0
-    last: float = 0.0
+def _run_root() -> Path:
+    return RESULTS_DIR / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 @dataclass
-class BenchStack:
-    """One hubbridge deployment on loopback; `embedded` selects SQLite + the embedded broker."""
+class BenchStack(Harness):
+    """One hubbridge deployment on loopback for a benchmark; `embedded` selects SQLite + the embedded broker."""
 
+    root: Path = field(default_factory=_run_root)
     embedded: bool = False
     concurrency: int | None = None  # None: the worker's own default (HUBBRIDGE_WORKER_CONCURRENCY, else CPUs + 1)
     # a delivery lane and a sync lane (None: on RabbitMQ; the embedded default runs one worker, as `hubbridge demo`)
     lanes: bool | None = None
     pool: str = "prefork"
-    log_level: str = "INFO"
     tick_seconds: float | None = None
-    root: Path = field(default_factory=lambda: RESULTS_DIR / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-    database_url: str = ""
-    broker_url: str = ""
-    env: dict[str, str] = field(default_factory=dict)
-    api_url: str = ""
-    sims: SimulatorProcess | None = None
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    simulators_apart: bool = True
+    instance: dict[str, Any] = field(default_factory=lambda: {"poll_seconds": 5.0})
+    sweep_seconds: float = 2.0
+    # a generous lease: the benchmark measures the queue path, not reconcile's re-queueing
+    reconcile_after_seconds: float = 300.0
+    cwd: Path | None = ROOT
+    extra_env: dict[str, str] = field(
+        default_factory=lambda: {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
     _pg_name: str | None = None
     _vhost: str | None = None
 
     # lifecycle
-    def __enter__(self) -> BenchStack:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.stop()
         if exc_type is None and self.root.parent == RESULTS_DIR:
@@ -238,66 +113,28 @@ class BenchStack:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def start(self) -> BenchStack:
-        from hubbridge.store import migrate
-
         if threading.current_thread() is threading.main_thread():
             # a `timeout` or Ctrl-C must still stop the worker, API and beat and drop the database
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self.embedded:
-            self.database_url = f"sqlite:///{self.root / 'hubbridge.sqlite'}"
-            self.broker_url = f"embedded+sqlite:///{self.root / 'broker.sqlite'}"
-        else:
+        if not self.embedded:
             self._pg_name, self.database_url = _pg_create()
             self._vhost = _vhost_create()
             self.broker_url = f"{AMQP_BASE}/{self._vhost}" if self._vhost else f"{AMQP_BASE}//"
-        migrate(self.database_url)
-        self.sims = SimulatorProcess(PLUGINS, self.tick_seconds)
-        cfg = write_config(self.root / "config", self.sims.hub_endpoint, self.sims.plugin_urls)
-        self.env = self._environment(cfg)
+        super().start()
         if not self._vhost and not self.embedded:
             self.purge_queues()
         return self
 
-    def _environment(self, cfg: Path) -> dict[str, str]:
-        from hubbridge.config.loader import load_config
-        from hubbridge.config.settings import Settings
-        from hubbridge.workflows.demo import _credential_names, demo_environment
-
-        # the demo's credentials, which `simulator_for` configures the simulators to expect
-        secrets = demo_environment(_credential_names(load_config(cfg, Settings(config_dir=cfg))))
-        return {
-            **{k: v for k, v in os.environ.items() if not k.startswith("HUBBRIDGE_")},
-            **secrets,
-            "HUBBRIDGE_HUB_TOKEN": HUB_TOKEN,
-            "HUBBRIDGE_INTAKE_SECRET": INTAKE_SECRET,
-            "HUBBRIDGE_CONFIG_DIR": str(cfg),
-            "HUBBRIDGE_DATA_DIR": str(self.root),
-            "HUBBRIDGE_DATABASE_URL": self.database_url,
-            "HUBBRIDGE_BROKER_URL": self.broker_url,
-            "HUBBRIDGE_LOG_FORMAT": "json",
-            "HUBBRIDGE_LOG_LEVEL": self.log_level,
-            "HUBBRIDGE_SWEEP_SECONDS": "2",
-            # a generous lease: the benchmark measures the queue path, not reconcile's re-queueing
-            "HUBBRIDGE_RECONCILE_AFTER_SECONDS": "300",
-            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        }
-
     def start_pipeline(self) -> None:
         """Start the intake API, the worker and beat, and wait until the API answers."""
-        port = free_port()
-        self.api_url = f"http://127.0.0.1:{port}"
-        self.spawn("api", ["-m", "hubbridge.workflows.cli", "api", "--port", str(port)])
-        cli = ["-m", "hubbridge.workflows.cli", "worker"]
+        self.start_api()
         if self.split_lanes:
             # as the README deploys it: a delivery lane and, beside it, a sync lane at its own defaults
-            self.spawn("worker", [*cli, "--lane", "delivery", *self.worker_args()])
-            self.spawn("sync-lane", [*cli, "--lane", "sync", f"--pool={self.pool}", "--loglevel=WARNING"])
+            self.start_worker(lane="delivery", args=self.worker_args())
+            self.start_worker("sync-lane", lane="sync", args=[f"--pool={self.pool}", "--loglevel=WARNING"])
         else:
-            self.spawn("worker", [*cli, *self.worker_args()])
-        self.spawn("beat", ["-m", "hubbridge.workflows.cli", "beat", "--loglevel=WARNING"])
-        self.wait_api()
+            self.start_worker(args=self.worker_args())
+        self.spawn("beat", ["beat", "--loglevel=WARNING"])
 
     def start_profiles(self, label: str, names: Sequence[str] = ("api", "worker")) -> None:
         """Sample the named processes (and their pool children) with py-spy until they stop."""
@@ -308,9 +145,9 @@ class BenchStack:
         out.mkdir(parents=True, exist_ok=True)
         for name in names:
             proc = self.procs[name]
-            self.spawn(f"py-spy-{name}", [spy, "record", "--pid", str(proc.pid), "--subprocesses", "--format", "raw",
-                                          "--rate", "200", "--nonblocking", "-o", str(out / f"{label}-{name}.txt")],
-                       python=False)
+            self.spawn_command(f"py-spy-{name}", [
+                spy, "record", "--pid", str(proc.pid), "--subprocesses", "--format", "raw", "--rate", "200",
+                "--nonblocking", "-o", str(out / f"{label}-{name}.txt")])
 
     def stop_profiles(self) -> None:
         """Stop py-spy the way it expects (SIGINT), so it writes its samples."""
@@ -324,6 +161,9 @@ class BenchStack:
     @property
     def split_lanes(self) -> bool:
         return (not self.embedded) if self.lanes is None else self.lanes
+
+    def worker_args(self) -> list[str]:
+        return [f"--concurrency={self.workers}", f"--pool={self.pool}", "--loglevel=WARNING"]
 
     def worker_layout(self) -> dict[str, Any]:
         """How the run's workers were laid out, for its result."""
@@ -348,62 +188,9 @@ class BenchStack:
 
         return self.concurrency or Settings().resolved_worker_concurrency
 
-    def worker_args(self) -> list[str]:
-        return [f"--concurrency={self.workers}", f"--pool={self.pool}", "--loglevel=WARNING"]
-
-    def spawn(self, name: str, args: list[str], *, python: bool = True) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, *args] if python else args, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
-        self.procs[name] = proc
-        return proc
-
-    def wait_api(self, timeout: float = 60.0) -> None:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.api_url}/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"the intake API did not answer within {timeout:.0f} s; see {self.root}/api.log")
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None and not name.startswith("py-spy-"):
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.root}/{name}.log\n"
-                                   + self.log_tail(name))
-
-    def log_tail(self, name: str, chars: int = 3000) -> str:
-        path = self.root / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-    def stop_process(self, name: str) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
     def stop(self, keep: bool = False) -> None:
         self.stop_profiles()
-        for name in list(self.procs):
-            self.stop_process(name)
-        if self.sims is not None:
-            self.sims.stop()
-            self.sims = None
-        from hubbridge.store import engine_for
-
-        with contextlib.suppress(Exception):
-            engine_for(self.database_url).dispose()
-        engine_for.cache_clear()
+        super().stop()
         if self._pg_name and not keep:
             with contextlib.suppress(Exception):
                 _pg_drop(self._pg_name)
@@ -421,74 +208,14 @@ class BenchStack:
 
         from hubbridge.workflows.queues import ALL
 
-        for q in (*ALL, "hubbridge.bench"):
+        for q in (*ALL, CEILING_QUEUE):
             with Connection(self.broker_url, connect_timeout=5) as conn, contextlib.suppress(NotFound):
                 conn.default_channel.queue_purge(q)
 
-    # driving it
+    # measuring it
     def submit(self, cases: Sequence[dict[str, Any]], *, rate: float | None = None, threads: int = 4) -> Submitted:
-        """POST each case, signed, to the intake API; at `rate` cases/s on a fixed schedule, else flat out.
-
-        With a rate, a case's intake time is its scheduled time, so a stall in the driver or the API
-        counts against latency instead of hiding it (no coordinated omission).
-        """
-        from http.client import HTTPConnection, HTTPException
-
-        from hubbridge.signing import sign
-
-        out = Submitted()
-        lock = threading.Lock()
-        local = threading.local()
-        bodies = [json.dumps(c).encode() for c in cases]
-        start = time.time() + 0.2
-        api = urlsplit(self.api_url)
-
-        def send(body: bytes, headers: dict[str, str]) -> int:
-            # http.client on a kept-alive connection per thread: the driver stands in for the Hub, on another
-            # machine in life, so it should take as little of these two cores as it can (requests took 1.7 ms a case)
-            while True:
-                conn = getattr(local, "conn", None)
-                fresh = conn is None
-                if conn is None:
-                    conn = local.conn = HTTPConnection(api.hostname, api.port, timeout=60)
-                try:
-                    conn.request("POST", "/cases", body=body, headers=headers)
-                    resp = conn.getresponse()
-                    resp.read()
-                    return resp.status
-                except (OSError, HTTPException):
-                    conn.close()
-                    local.conn = None
-                    if fresh:
-                        return 0
-                    # a kept-alive connection the server closed while idle (uvicorn: after 5 s): once more on a
-                    # new one; a case that did get in meanwhile is answered 202 as a duplicate, not taken twice
-
-        def post(i: int) -> None:
-            if rate:
-                due = start + i / rate
-                delay = due - time.time()
-                if delay > 0:
-                    time.sleep(delay)
-                at = due
-            else:
-                at = time.time()
-            body = bodies[i]
-            code = send(body, {"Content-Type": "application/json", **sign(body, INTAKE_SECRET)})
-            with lock:
-                if code == 202:
-                    out.accepted += 1
-                    out.at[cases[i]["ref"]] = at
-                else:
-                    out.refused += 1
-
-        # with a rate, enough threads that a slow answer does not hold back the next case's schedule
-        n_threads = max(threads, int(rate * 0.5) + 2) if rate else threads
-        with ThreadPoolExecutor(n_threads) as pool:
-            list(pool.map(post, range(len(cases))))
-        if out.at:
-            out.first, out.last = min(out.at.values()), max(out.at.values())
-        return out
+        """POST the cases to the intake API as the Hub would (see `Harness.post_cases`)."""
+        return self.post_cases(cases, rate=rate, threads=threads)
 
     def cpu_components(self) -> dict[str, list[int]]:
         """The processes whose CPU a case costs, by component: ours, the simulators, our PostgreSQL backends."""
@@ -496,7 +223,7 @@ class BenchStack:
         for name in ("api", "worker", "sync-lane", "beat"):
             if name in self.procs:
                 comps[name.replace("-", "_")] = list(_descendants(self.procs[name].pid))
-        if self.sims is not None and self.sims.proc.pid:
+        if isinstance(self.sims, SimulatorProcess) and self.sims.proc.pid:
             comps["simulators"] = [self.sims.proc.pid]
         if self._pg_name:
             import psycopg
@@ -509,30 +236,6 @@ class BenchStack:
     def cpu_snapshot(self) -> dict[str, float]:
         return {name: cpu_seconds(pids) for name, pids in self.cpu_components().items()}
 
-    def settled(self) -> tuple[int, int]:
-        """(acknowledged, dead) cases in the store."""
-        from sqlalchemy import func, select
-
-        from hubbridge.store import CaseRow, session_scope
-
-        with session_scope(self.database_url) as s:
-            rows = dict(s.execute(select(CaseRow.stage, func.count()).group_by(CaseRow.stage)).all())
-        return int(rows.get("acknowledged", 0)), int(rows.get("dead", 0))
-
-    def wait_settled(self, n: int, timeout: float) -> float:
-        """Wait until `n` cases are acknowledged or dead in the store; the seconds waited."""
-        started = time.monotonic()
-        deadline = started + timeout
-        while time.monotonic() < deadline:
-            acked, dead = self.settled()
-            if acked + dead >= n:
-                break
-            self.check_alive()
-            # counting the cases reads the whole table: four times a second it cost PostgreSQL a seventh of
-            # the machine by the end of a 100,000-case soak, so after a short wait look once a second
-            time.sleep(0.25 if time.monotonic() - started < 10 else 1.0)
-        return time.monotonic() - started
-
     def outcome(self, submitted: Submitted) -> dict[str, Any]:
         """What the Hub recorded for the submitted cases: throughput, latencies, lost, duplicates."""
         from sqlalchemy import select
@@ -540,11 +243,12 @@ class BenchStack:
         from hubbridge.store import DeadLetterRow, session_scope
 
         assert self.sims is not None
-        acks = self.sims.acks(submitted.at)
+        acks = {r: datetime.fromisoformat(t) if t else None for r, t in self.sims.acks(submitted.at).items()}
+        anomalies = self.sims.hub_anomalies()
         with session_scope(self.database_url) as s:
             dead = set(s.scalars(select(DeadLetterRow.hub_ref).where(DeadLetterRow.hub_ref.is_not(None))).all())
-        jobs = self.sims.ask("jobs")
-        lags = self.sims.ask("sync_lags", list(submitted.at))
+        jobs = self.sims.job_counts()
+        lags = self.sims.sync_lags(submitted.at)
         latencies = sorted(
             (t.timestamp() - submitted.at[r]) for r, t in acks.items() if t is not None
         )
@@ -558,7 +262,7 @@ class BenchStack:
             "dead_lettered": len(dead & set(submitted.at)),
             "lost": lost + submitted.refused,
             "duplicate_jobs": sum(1 for r in submitted.at if jobs.get(r, 0) > 1),
-            "out_of_order": self.sims.out_of_order,
+            "out_of_order": anomalies["out_of_order"],
             "elapsed_s": round(elapsed, 2),
             "cases_per_s": round(len(acked) / elapsed, 1) if elapsed > 0 else 0.0,
             "latency_ms": percentiles(latencies),
@@ -706,7 +410,7 @@ def measure_ceiling(stack: BenchStack, tasks: int, timeout: float = 240.0) -> di
     try:
         app = ceiling_app()
         noop = app.tasks["bench.noop"]
-        stack.spawn("ceiling", ["-m", "bench.stack", "ceiling-worker", *stack.worker_args()])
+        stack.spawn_command("ceiling", [sys.executable, "-m", "bench.stack", "ceiling-worker", *stack.worker_args()])
         # warm up: the worker is consuming before the clock starts
         noop.apply_async(args=[-1])
         deadline = time.monotonic() + 60

@@ -200,9 +200,23 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the pipeline to settle")] = 600.0,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 2,
     data_dir: Annotated[Path | None, typer.Option(help="Where the embedded store and broker live")] = None,
+    serve: Annotated[bool, typer.Option(help="Afterwards leave the API, console and simulators running until Ctrl-C")]
+    = False,
+    port: Annotated[int | None, typer.Option(help="The API's and console's port (default: any free one)")] = None,
 ) -> None:
     """Run everything on the embedded default: simulators, a worker, beat, the intake API and generated cases."""
-    from hubbridge.workflows.demo import run_demo
+    from hubbridge.workflows.demo import DEMO_LOGIN, Demo, run_demo
+
+    def ready(demo: Demo) -> None:
+        # with --json stdout carries the summary alone, so the invitation goes to stderr
+        tell = console if as_json else out
+        if as_json:
+            print(json.dumps(demo.summary, sort_keys=True), flush=True)
+        else:
+            _summary_table(demo.summary)
+        tell.print(f"console: {demo.console_url}  login: {DEMO_LOGIN[0]} / {DEMO_LOGIN[1]}", soft_wrap=True)
+        tell.print(f"intake API: {demo.harness.api_url}/cases  store and logs: {demo.harness.root}", soft_wrap=True)
+        tell.print("serving until Ctrl-C", soft_wrap=True)
 
     _logging("WARNING")  # to stderr, and only what needs a look: stdout carries the summary
 
@@ -214,11 +228,15 @@ def demo(
         data_dir=data_dir,
         quiet=as_json,
         console=console,
+        serve=serve,
+        port=port,
+        on_ready=ready,
     )
-    if as_json:
-        print(json.dumps(summary, sort_keys=True))
-    else:
-        _summary_table(summary)
+    if not serve:
+        if as_json:
+            print(json.dumps(summary, sort_keys=True))
+        else:
+            _summary_table(summary)
     raise typer.Exit(0 if summary["lost"] == 0 else 1)
 
 

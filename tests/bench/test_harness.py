@@ -144,4 +144,4 @@ def test_the_driver_posts_again_when_the_api_closed_its_idle_connection(tmp_path
         submitted = stack.submit(cases_for(3), rate=0.3, threads=1)
         assert (submitted.accepted, submitted.refused) == (3, 0)
         stack.wait_settled(3, 120)
-        assert stack.settled() == (3, 0)
+        assert stack.acknowledged_and_dead() == (3, 0)

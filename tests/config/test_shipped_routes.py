@@ -13,7 +13,7 @@ from hubbridge.connectors.base import connector_class
 from hubbridge.errors import PermanentError
 from hubbridge.mappings.compile import load_mapping
 from hubbridge.sla.policy import load_sla_config
-from hubbridge.workflows.demo import demo_secret, simulator_for
+from hubbridge.workflows.simulated import demo_secret, simulator_for
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from hubbridge.connectors.base import BackOfficeUpdate, Connector, Delivery, con
 from hubbridge.mappings.cli import mapping_files
 from hubbridge.mappings.compile import CompiledMapping, load_mapping
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.demo import demo_secret
+from hubbridge.workflows.simulated import demo_secret
 
 SHIPPED = Path(__file__).resolve().parents[2] / "mappings" / "shipped"
 FILES = mapping_files([SHIPPED])

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 
 from hubbridge.store import CaseRow, session_scope
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.demo import DEMO_SECRETS, simulator_for
+from hubbridge.workflows.simulated import DEMO_SECRETS, simulator_for
 from hubbridge.workflows.intake import accept_case
 from hubbridge.workflows.runtime import Runtime
 

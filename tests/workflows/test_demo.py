@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from hubbridge.config.loader import load_config
 from hubbridge.config.settings import Settings
+from hubbridge.store import CaseRow, session_scope
 
 SHIPPED_CONFIG = Path(__file__).parents[2] / "config"
 
@@ -34,3 +36,71 @@ def test_demo_runs_every_service_area_and_loses_nothing(tmp_path: Path) -> None:
     assert all(s["lost"] == 0 for s in summary["by_service"].values())
     routed = {service for (_, service) in load_config(SHIPPED_CONFIG, Settings()).routes}
     assert set(summary["by_service"]) <= routed
+
+
+def _processes_of(data: Path) -> list[int]:
+    """Live processes whose environment points at this demo's data directory."""
+    mark = f"HUBBRIDGE_DATA_DIR={data}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_demo_serve_leaves_a_console_to_log_in_to_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    import queue
+    import re
+    import signal
+    import threading
+
+    import requests
+
+    data = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBRIDGE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubbridge.workflows.cli", "demo", "--cases", "8", "--json", "--serve",
+         "--data-dir", str(data), "--timeout", "200"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        invitation = None
+        seen: list[str] = []
+        while invitation is None:
+            line = lines.get(timeout=240)
+            seen.append(line)
+            invitation = re.search(r"console: (http://127\.0\.0\.1:\d+/console)\s+login: (\S+) / (\S+)", line)
+        console_url, name, password = invitation.groups()
+        assert _processes_of(data), "the demo's processes should still be serving"
+        summary = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+        assert summary["submitted"] == 8 and summary["lost"] == 0
+
+        with requests.Session() as http:
+            form = http.get(f"{console_url}/login", timeout=10)
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf, form.text[:500]
+            resp = http.post(f"{console_url}/login", data={"name": name, "password": password,
+                                                          "csrf": csrf.group(1), "next": "/console/cases"},
+                             timeout=10, allow_redirects=False)
+            assert resp.status_code == 303, resp.text[:500]
+            with session_scope(f"sqlite:///{data / 'hubbridge.sqlite'}") as s:
+                ref = s.scalars(select(CaseRow.hub_ref).where(CaseRow.stage == "acknowledged")).first()
+            assert ref is not None
+            page = http.get(f"{console_url}/cases", params={"ref": ref}, timeout=10)
+            assert page.status_code == 200 and ref in page.text and "acknowledged" in page.text, page.text[:1000]
+
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(60) == 0, "".join(seen)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(console_url, timeout=5)
+        assert _processes_of(data) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -287,7 +287,7 @@ def midway(batch: Batch, inject: Callable[[], None], at: int = N_CASES // 4) -> 
 def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(stack: FaultStack) -> None:
     batch = Batch(stack, seed=61)
     batch.submit()
-    worker = stack.procs[0]
+    worker = stack.procs["worker"]
 
     def kill() -> None:
         os.killpg(worker.pid, signal.SIGKILL)  # the worker and its pool processes, mid-task

@@ -109,7 +109,7 @@ def test_deliveries_go_on_without_the_sync_lane_and_the_sync_lane_brings_the_cha
         time.sleep(0.5)
     assert _waiting("hubbridge.control") >= 2, lanes.logs()
     assert {u["status"] for r in refs for u in hub.updates_for(r)} == {"delivered"}
-    delivery_pid = lanes.procs[0].pid
+    delivery_pid = lanes.procs["delivery"].pid
     assert {_niceness(p) for p in [delivery_pid, *_pool(delivery_pid)]} == {_niceness(0)}
 
     sync_lane = lanes.spawn("sync", ["worker", "--lane", "sync", "--loglevel=INFO"])

@@ -239,7 +239,7 @@ class CountingBartec(BartecSimulator):
 @pytest.fixture(scope="module")
 def counting_sims() -> Iterator[tuple[Any, Any]]:
     from hubbridge.connectors.hub import HubSimulator
-    from hubbridge.workflows.demo import DEMO_SECRETS
+    from hubbridge.workflows.simulated import DEMO_SECRETS
 
     hub = HubSimulator(token=DEMO_SECRETS["HUBBRIDGE_HUB_TOKEN"]).start()
     bartec = CountingBartec().start()
