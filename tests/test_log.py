@@ -121,9 +121,9 @@ def test_a_pipeline_run_logs_no_personal_data(json_logs: pytest.CaptureFixture[s
     from hubbridge.store import migrate
     from hubbridge.workflows.casegen import generate_cases
     from hubbridge.workflows.delivery import deliver_case
-    from hubbridge.workflows.simulated import DEMO_SECRETS, simulator_for
     from hubbridge.workflows.intake import accept_case
     from hubbridge.workflows.runtime import Outcome, Runtime
+    from hubbridge.workflows.simulated import DEMO_SECRETS, simulator_for
     from tests.workflows.stack import use_config, write_config
 
     hub = HubSimulator(token=DEMO_SECRETS["HUBBRIDGE_HUB_TOKEN"]).start()

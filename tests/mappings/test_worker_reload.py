@@ -19,9 +19,9 @@ from hubbridge.mappings import load_mapping
 from hubbridge.store import CaseRow, session_scope
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.delivery import deliver_case
-from hubbridge.workflows.simulated import DEMO_SECRETS, simulator_for
 from hubbridge.workflows.intake import accept_case
 from hubbridge.workflows.runtime import Runtime
+from hubbridge.workflows.simulated import DEMO_SECRETS, simulator_for
 from hubbridge.workflows.trail import case_trail
 
 from ..workflows.stack import use_config, write_config

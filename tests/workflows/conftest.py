@@ -14,9 +14,9 @@ from sqlalchemy import select, update
 
 from hubbridge.store import CaseRow, session_scope
 from hubbridge.workflows.casegen import generate_cases
-from hubbridge.workflows.simulated import DEMO_SECRETS, simulator_for
 from hubbridge.workflows.intake import accept_case
 from hubbridge.workflows.runtime import Runtime
+from hubbridge.workflows.simulated import DEMO_SECRETS, simulator_for
 
 from .stack import use_config, write_config
 

@@ -25,9 +25,9 @@ from hubbridge.store import HubUpdateRow, LinkRow, SeenUpdateRow, session_scope
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.delivery import deliver_case
-from hubbridge.workflows.simulated import DEMO_SECRETS, simulator_for
 from hubbridge.workflows.intake import accept_case
 from hubbridge.workflows.runtime import Runtime
+from hubbridge.workflows.simulated import DEMO_SECRETS, simulator_for
 from hubbridge.workflows.sync import poll_connector
 
 from .stack import connectors_yaml, use_config, write_config
