@@ -133,20 +133,6 @@ class Harness:
             **self.extra_env,
         }
 
-    @property
-    def hub(self) -> Any:
-        """The Hub simulator (only when the simulators run in this process)."""
-        if not isinstance(self.sims, SimulatorSet):
-            raise RuntimeError("the simulators run in a child process: ask them, do not reach in")
-        return self.sims.hub
-
-    @property
-    def backoffices(self) -> dict[str, Any]:
-        """The back-office simulators by plugin (only when they run in this process)."""
-        if not isinstance(self.sims, SimulatorSet):
-            raise RuntimeError("the simulators run in a child process: ask them, do not reach in")
-        return self.sims.backoffices
-
     # -- the hubbridge processes ------------------------------------------------------------------
     def spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         """Run `hubbridge <args>` as process `name`, its output in `root/<name>.log`."""
