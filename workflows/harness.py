@@ -147,12 +147,13 @@ class Harness:
         self.procs[name] = proc
         return proc
 
-    def start_api(self, port: int | None = None) -> str:
-        """Start the intake API (and console) and wait until it answers; its base URL."""
+    def start_api(self, port: int | None = None, *, wait: bool = True) -> str:
+        """Start the intake API (and console), with `wait` until it answers; its base URL."""
         port = port or free_port()
         self.api_url = f"http://127.0.0.1:{port}"
         self.spawn("api", ["api", "--host", "127.0.0.1", "--port", str(port)])
-        self.wait_api()
+        if wait:
+            self.wait_api()
         return self.api_url
 
     def start_worker(self, name: str = "worker", *, lane: str | None = None, args: Sequence[str] = ()) -> (
