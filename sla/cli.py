@@ -165,3 +165,44 @@ def report(
         table.add_row(*(str(flat[k]) for k in keys), r.clock,
                       *("-" if flat[c] is None else str(flat[c]) for c in COLUMNS[:7]))
     Console(width=200).print(table)
+
+
+calendars_app = typer.Typer(help="Business calendars: check that their closure days do not run out.",
+                            no_args_is_help=True)
+sla_app.add_typer(calendars_app, name="calendars")
+
+
+@calendars_app.command("check")
+def calendars_check(
+    months: int = typer.Option(12, "--months", min=1, max=120, help="How far ahead closure days must be known"),
+    today: str | None = typer.Option(None, "--today", help="Check as on this day (default: today), e.g. 2027-06-01"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+    config_dir: Path | None = typer.Option(None, "--config-dir", help="Config directory (default: settings)"),
+) -> None:
+    """Each calendar's closure days against the months ahead; exits 1 when any runs out within them."""
+    from hubbridge.sla.policy import closure_coverage, load_sla_config, months_after
+
+    day = _date(today, "--today") if today else date.today()
+    try:
+        coverage = closure_coverage(load_sla_config(config_dir or get_settings().config_dir), day, months)
+    except HubbridgeError as exc:
+        raise _fail(exc) from None
+    short = [c for c in coverage if c.short]
+    if as_json:
+        sys.stdout.write(json.dumps({"needed_until": str(months_after(day, months)),
+                                     "calendars": [{"calendar": c.calendar, "always_open": c.always_open,
+                                                    "known_until": str(c.known_until) if c.known_until else None,
+                                                    "short": c.short, "problem": c.problem()} for c in coverage]},
+                                    indent=2) + "\n")
+    else:
+        table = Table(title=f"Closure days known, needed until {months_after(day, months)}")
+        for col in ("calendar", "closures known until", "status"):
+            table.add_column(col)
+        for c in coverage:
+            status = "24/7" if c.always_open else ("[red]runs out[/]" if c.short else "[green]ok[/]")
+            table.add_row(c.calendar, "-" if c.always_open else str(c.known_until or "none"), status)
+        Console(width=200).print(table)
+        for c in short:
+            Console(stderr=True).print(f"[yellow]warning:[/] {c.problem()}", soft_wrap=True, highlight=False)
+    raise typer.Exit(1 if short else 0)
+

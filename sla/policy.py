@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from hubbridge.case import SERVICE_KEY_PATTERN, HubStatus, Priority
@@ -19,6 +20,8 @@ from hubbridge.config.models import ServicesFile
 from hubbridge.config.yamlfile import YamlDoc, load_yaml
 from hubbridge.errors import ConfigError, ConfigErrors
 from hubbridge.sla.calendar import BusinessCalendar, parse_hours
+
+log = structlog.get_logger(__name__)
 
 SLA_FILE = "sla.yaml"
 ELAPSED = BusinessCalendar.twenty_four_seven("24x7")
@@ -71,6 +74,9 @@ class CalendarSpec(Strict):
     closures: list[date | Closure | DateRange] = Field(default_factory=list, description="Local closure days")
     working_day_hours: Annotated[float, Field(gt=0, le=24)] | None = Field(
         None, description="Business hours in one working day; default the most common weekday's hours")
+    closures_known_until: date | None = Field(
+        None, description="The closure days are complete up to this date (default: 31 December of the last "
+                          "closure's year); `hubbridge sla calendars check` warns 12 months before it runs out")
 
     @field_validator("timezone")
     @classmethod
@@ -94,6 +100,15 @@ class CalendarSpec(Strict):
         if not self.always_open and not any(self.hours.values()):
             raise ValueError("a calendar needs opening hours on at least one weekday, or always_open: true")
         return self
+
+    def closures_known_through(self) -> date | None:
+        """The last day whose closures this calendar is known to hold (None: no closure data at all)."""
+        if self.closures_known_until is not None:
+            return self.closures_known_until
+        last = max((c.to if isinstance(c, DateRange) else c.date if isinstance(c, Closure) else c
+                    for c in self.closures), default=None)
+        # closure days are announced a year at a time (the Christmas shutdown): a year's entry covers that year
+        return date(last.year, 12, 31) if last is not None else None
 
     def build(self, name: str) -> BusinessCalendar:
         if self.always_open:
@@ -300,6 +315,48 @@ class SlaConfig:
         return out
 
 
+@dataclass(frozen=True)
+class ClosureCoverage:
+    """How far one calendar's closure days are known, against how far ahead they are needed."""
+
+    calendar: str
+    known_until: date | None  # None: the calendar lists no closure days and says none are known
+    needed_until: date
+    always_open: bool
+
+    @property
+    def short(self) -> bool:
+        return not self.always_open and (self.known_until is None or self.known_until < self.needed_until)
+
+    def problem(self) -> str | None:
+        if not self.short:
+            return None
+        if self.known_until is None:
+            return (f"calendar {self.calendar!r} has no closure data: add its closure days, or say "
+                    f"closures_known_until: {self.needed_until} if it has none up to then")
+        return (f"calendar {self.calendar!r} knows its closure days only until {self.known_until}; due times up to "
+                f"{self.needed_until} would ignore closures: add the next year's closures and closures_known_until")
+
+
+def closure_coverage(sla: SlaConfig, today: date, months: int = 12) -> list[ClosureCoverage]:
+    """Each calendar's closure data against `months` ahead of `today` (bank holidays come from `holidays`)."""
+    needed = months_after(today, months)
+    return [ClosureCoverage(name, spec.closures_known_through(), needed, spec.always_open)
+            for name, spec in sorted(sla.file.calendars.items())]
+
+
+def months_after(day: date, months: int) -> date:
+    """The same day `months` later (or that month's last day when it is shorter)."""
+    year, month = divmod(day.month - 1 + months, 12)
+    target_year, target_month = day.year + year, month + 1
+    for d in (day.day, 30, 29, 28):  # 31 January + 1 month is the end of February
+        try:
+            return date(target_year, target_month, d)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable: every month has 28 days")
+
+
 def load_sla_config(config_dir: Path | str) -> SlaConfig:
     """Load and cross-check `sla.yaml` in `config_dir`; every problem is reported with file:line:col."""
     cdir = Path(config_dir)
@@ -314,7 +371,13 @@ def load_sla_config(config_dir: Path | str) -> SlaConfig:
         calendars[name] = spec.build(name)
     if errors:
         raise ConfigErrors(errors)
-    return SlaConfig(path=path, file=sla, calendars=calendars)
+    config = SlaConfig(path=path, file=sla, calendars=calendars)
+    for gap in closure_coverage(config, date.today()):
+        if gap.short:
+            log.warning("sla.calendar_closures_run_out", calendar=gap.calendar, path=str(path),
+                        known_until=str(gap.known_until) if gap.known_until else None,
+                        needed_until=str(gap.needed_until), problem=gap.problem())
+    return config
 
 
 def _cross_check(doc: YamlDoc, sla: SlaFile, cdir: Path) -> list[ConfigError]:
