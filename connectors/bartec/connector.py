@@ -12,12 +12,14 @@ from typing import Any
 import structlog
 from cachetools import LRUCache
 from lxml import etree
+from pydantic import ValidationError
 
 from hubbridge.case import LONDON
+from hubbridge.connectors.bartec.options import BartecOptions
 from hubbridge.connectors.base import BackOfficeUpdate, Connector, CreateResult, Delivery, TargetField, UpdatePage
 from hubbridge.connectors.http import HttpClient
 from hubbridge.connectors.soap import call, make_client, target_fields_of
-from hubbridge.errors import BadResponseError, PermanentError, TransientError
+from hubbridge.errors import BadResponseError, ConfigError, OutcomeUnknown, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +35,12 @@ SAFE_OPERATIONS = frozenset({
 CONNECTOR_FILLED = ("token", "ExternalReference")
 """Request fields the connector sets itself (the session token, and the Hub reference for look-ups)."""
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+REQUEST_DATE_MARGIN = timedelta(days=1)
+"""How far either side of the case's DateRequested `find` searches (Bartec may store it rounded or shifted)."""
+HISTORY_FROM = datetime(1753, 1, 1, tzinfo=UTC)
+"""Sent as ServiceRequests_History_Get's Date, as open311-adapter does (commit 11e47701): Bartec ignores the
+filter (all of a request's history or none, by whether Date is before the request was made) and refuses an
+omitted Date with "SqlDateTime overflow", so ask for everything and de-duplicate."""
 INVALID_TOKEN = "Invalid Token"
 TYPE_CACHE_SIZE = 10_000
 """Jobs whose service type is remembered per connector instance and process (one SOAP call saved per update)."""
@@ -48,16 +56,17 @@ def _aware(at: datetime) -> datetime:
 
 
 class _Cursor:
-    """The sync position: the newest change time returned, and the history ids already returned near it.
+    """The sync position: the newest change time Bartec listed, and the history ids already passed per request.
 
-    Bartec reports change times to the millisecond and many changes share one; reading again from a
-    little before the last time and skipping ids already seen means nothing is lost at a page or time
-    boundary, including a change committed a moment late with an earlier time (up to `lookback`).
+    `ServiceRequests_History_Get` ignores its Date filter (it returns all of a request's history or none), and
+    Bartec lists a request as changed up to days after its history entries' own times; so history is read whole
+    and de-duplicated by id here, never filtered by time. Requests not listed for `retention` are forgotten
+    (sync also drops update ids it has already seen, so one coming back then is harmless).
     """
 
-    def __init__(self, at: datetime | None = None, seen: dict[int, float] | None = None) -> None:
+    def __init__(self, at: datetime | None = None, done: dict[int, tuple[float, set[int]]] | None = None) -> None:
         self.at = at
-        self.seen = seen or {}
+        self.done = done or {}
 
     @classmethod
     def parse(cls, text: str | None, instance: str) -> _Cursor:
@@ -66,17 +75,21 @@ class _Cursor:
         try:
             data = json.loads(text)
             at = datetime.fromisoformat(data["t"]) if data.get("t") else None
-            seen = {int(k): float(v) for k, v in data.get("seen", {}).items()}
-        except (ValueError, TypeError, KeyError, AttributeError):
+            done = {int(k): (float(v[0]), {int(i) for i in v[1]}) for k, v in data.get("done", {}).items()}
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
             raise PermanentError(f"invalid Bartec sync cursor {text[:80]!r}", instance=instance,
                                  hint="reset the instance's sync cursor (None reads from the start)") from None
         if at is not None and at.tzinfo is None:
             raise PermanentError("invalid Bartec sync cursor: time without zone", instance=instance)
-        return cls(at, seen)
+        return cls(at, done)
+
+    def passed(self, request_id: int, history_id: int) -> bool:
+        entry = self.done.get(request_id)
+        return entry is not None and history_id in entry[1]
 
     def dump(self) -> str:
-        data = {"v": 1, "t": self.at.astimezone(UTC).isoformat() if self.at else None,
-                "seen": {str(k): v for k, v in sorted(self.seen.items())}}
+        data = {"v": 2, "t": self.at.astimezone(UTC).isoformat() if self.at else None,
+                "done": {str(k): [t, sorted(ids)] for k, (t, ids) in sorted(self.done.items())}}
         return json.dumps(data, separators=(",", ":"))
 
 
@@ -85,8 +98,9 @@ class BartecConnector(Connector):
 
     `Delivery.payload` holds the `ServiceRequest_Create` request fields by their SOAP element names
     (see `target_fields()`); the connector adds the session token and `ExternalReference` (the Hub ref).
-    Options: `auth_endpoint` (Authenticate lives on its own service in real deployments),
-    `note_type` (note type description for `add_note`, default "General note"), `lookback_seconds`.
+    Options are `BartecOptions` (connectors/bartec/options.py): the district's own service types, a fallback
+    LandTypeID, and the look-up and sync windows. Bartec has no look-up by our reference, so `find` searches and
+    matches the ExternalReference Bartec echoes, raising OutcomeUnknown when it cannot be sure.
     """
 
     plugin = "bartec"
@@ -97,10 +111,24 @@ class BartecConnector(Connector):
         super().__init__(instance, env)
         self.http = HttpClient(instance)
         self._client, self._service = make_client(WSDL, self.http, instance.endpoint, BINDING, SAFE_OPERATIONS)
-        auth_endpoint = instance.options.get("auth_endpoint") or instance.endpoint
-        self._auth_service = self._client.create_service(BINDING, auth_endpoint)
-        self.lookback = timedelta(seconds=float(instance.options.get("lookback_seconds", 5.0)))
-        self.note_type = str(instance.options.get("note_type", "General note"))
+        try:
+            self.options = BartecOptions.model_validate(instance.options)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            raise ConfigError(f"invalid Bartec option {where}: {problem['msg']}", key=f"connectors.{self.name}.options",
+                              hint="see connectors/bartec/options.py for what a Bartec instance may set") from None
+        opts = self.options
+        self._auth_service = self._client.create_service(BINDING, opts.auth_endpoint or instance.endpoint)
+        self.lookback = timedelta(seconds=opts.lookback_seconds)
+        self.retention = timedelta(days=opts.history_retention_days)
+        self.find_window = timedelta(hours=opts.find_window_hours)
+        self.fallback_land_type = opts.fallback_land_type_id
+        # a convenience only the simulator offers (real Bartec has no such criterion): config must declare it
+        self.external_reference_lookup = opts.external_reference_lookup
+        self.note_type = opts.note_type
+        self._type_to_local = dict(opts.service_types)
+        self._type_to_shipped = {v: k for k, v in opts.service_types.items()}
         self._token: str | None = None
         self._token_lock = threading.Lock()
         # ServiceCode -> ServiceTypeID (a job's type never changes), for the jobs with updates in flight
@@ -166,6 +194,12 @@ class BartecConnector(Connector):
         if given not in (None, delivery.hub_ref):
             self.log.warning("bartec.external_reference_replaced", hub_ref=delivery.hub_ref, given=given)
         params["ExternalReference"] = delivery.hub_ref
+        if params.get("ServiceTypeID") is not None:
+            params["ServiceTypeID"] = self._local_type(params["ServiceTypeID"])
+        if params.get("LandTypeID") is None and self.fallback_land_type is not None:
+            # some service types have no default land type, yet Bartec refuses a create without one
+            # (open311-adapter commit 906f2725)
+            params["LandTypeID"] = self.fallback_land_type
         problems = _check(params, self._create_fields(), "")
         if problems:
             raise PermanentError(f"{delivery.hub_ref}: payload does not fit ServiceRequest_Create: "
@@ -200,10 +234,48 @@ class BartecConnector(Connector):
         return etree.tostring(message, pretty_print=True, encoding="unicode")
 
     def find(self, hub_ref: str, delivery: Delivery | None = None) -> CreateResult | None:
-        result = self._invoke("ServiceRequests_Get", ref=hub_ref, ExternalReference=hub_ref)
-        # filter again: a Bartec that ignored the criterion would otherwise hand back someone else's job
-        found = [sr for sr in (result.ServiceRequest or []) if (sr.ExternalReference or "").strip() == hub_ref]
+        """Bartec has no look-up by our reference: search what it offers and match the ExternalReference it echoes.
+
+        With the delivery, `ServiceRequests_Get` by its UPRN, service type and a window around its DateRequested;
+        without, the requests changed in the last `find_window_hours` (`ServiceRequests_Updates_Get`, whose
+        JobReference echoes the ExternalReference). A job that might be ours but does not say raises OutcomeUnknown.
+        """
+        if self.external_reference_lookup:
+            result = self._invoke("ServiceRequests_Get", ref=hub_ref, ExternalReference=hub_ref)
+            return self._matched(hub_ref, list(result.ServiceRequest or []), [])
+        if delivery is None:
+            since = datetime.now(UTC) - self.find_window
+            changed = self._invoke("ServiceRequests_Updates_Get", ref=hub_ref, LastUpdated=_local(since))
+            codes = sorted({j.ServiceCode for j in changed.ServiceRequest_Updates or []
+                            if (j.JobReference or "").strip() == hub_ref})
+            if not codes:
+                return None
+            return self._matched(hub_ref, [self._job(code) for code in codes], [])
+        payload = delivery.payload
+        requested = payload.get("DateRequested")
+        if payload.get("UPRN") in (None, "") or payload.get("ServiceTypeID") in (None, "") or requested is None:
+            raise OutcomeUnknown(f"{hub_ref}: cannot search Bartec without the case's UPRN, ServiceTypeID and "
+                                 "DateRequested", instance=self.name)
+        at = requested if isinstance(requested, datetime) else datetime.fromisoformat(str(requested))
+        at = _aware(at)
+        result = self._invoke(
+            "ServiceRequests_Get", ref=hub_ref, UPRNs={"decimal": [payload["UPRN"]]},
+            ServiceTypes={"int": [self._local_type(payload["ServiceTypeID"])]},
+            RequestDate={"MinimumDate": _local(at - REQUEST_DATE_MARGIN),
+                         "MaximumDate": _local(at + REQUEST_DATE_MARGIN)})
+        jobs = list(result.ServiceRequest or [])
+        # a job there that carries no reference at all may be ours with the reference lost; one with another
+        # reference is someone else's
+        unsure = [sr for sr in jobs if not (sr.ExternalReference or "").strip()]
+        return self._matched(hub_ref, jobs, unsure)
+
+    def _matched(self, hub_ref: str, jobs: list[Any], unsure: list[Any]) -> CreateResult | None:
+        found = [sr for sr in jobs if (sr.ExternalReference or "").strip() == hub_ref]
         if not found:
+            if unsure:
+                raise OutcomeUnknown(f"{hub_ref}: Bartec holds jobs at the case's UPRN, of its service type and "
+                                     "date, that do not say whose they are", instance=self.name,
+                                     candidates=sorted(sr.ServiceCode for sr in unsure))
             return None
         found.sort(key=lambda sr: sr.id)
         if len(found) > 1:
@@ -219,7 +291,7 @@ class BartecConnector(Connector):
         bound = self.log.bind(hub_ref=delivery.hub_ref)
         params = self._request(delivery)
         self._message(params, "(check)", delivery.hub_ref)  # refuse a bad payload before touching Bartec
-        existing = None if delivery.known_new else self.find(delivery.hub_ref)
+        existing = None if delivery.known_new else self.find(delivery.hub_ref, delivery)
         if existing is not None:
             bound.info("bartec.create.exists", backoffice_ref=existing.backoffice_ref)
             return existing
@@ -239,14 +311,15 @@ class BartecConnector(Connector):
         state = _Cursor.parse(cursor, self.name)
         since = state.at - self.lookback if state.at else EPOCH
         changed = self._invoke("ServiceRequests_Updates_Get", LastUpdated=_local(since))
-        found: list[tuple[datetime, int, Any]] = []
+        found: list[tuple[datetime, int, int, Any]] = []
+        listed: dict[int, datetime] = {}
         partial = False
         for job in changed.ServiceRequest_Updates or []:
             if job.DateChanged is None or _aware(job.DateChanged) < since:
                 continue
             try:
                 history = self._invoke("ServiceRequests_History_Get", ref=job.ServiceCode,
-                                       ServiceRequestID=job.ServiceRequestID, Date=_local(since))
+                                       ServiceRequestID=job.ServiceRequestID, Date=HISTORY_FROM)
             except TransientError:
                 # One history call per changed job: on a flaky back office a whole page would almost never
                 # succeed. Hand over the jobs read so far (each job's history is complete) and keep the
@@ -255,23 +328,29 @@ class BartecConnector(Connector):
                     raise
                 partial = True
                 break
+            listed[job.ServiceRequestID] = _aware(job.DateChanged)
             for h in history.ServiceRequest_History or []:
-                at = _aware(h.DateChanged)
-                if at < since or h.id in state.seen:
-                    continue
-                found.append((at, h.id, h))
+                # never dropped for being dated before the cursor: Bartec lists a request as changed days
+                # after its history entry's own time
+                if not state.passed(job.ServiceRequestID, h.id):
+                    found.append((_aware(h.DateChanged), h.id, job.ServiceRequestID, h))
         found.sort(key=lambda f: (f[0], f[1]))
         page = found[:limit]
-        updates = [self._update(at, h) for at, _, h in page]
-        if page and partial:
-            state = _Cursor(state.at, {**state.seen, **{hid: at.timestamp() for at, hid, _ in page}})
-        elif page:
-            newest = max(state.at or page[-1][0], page[-1][0])
-            horizon = (newest - self.lookback).timestamp()
-            seen = {k: v for k, v in state.seen.items() if v >= horizon}
-            seen.update({hid: at.timestamp() for at, hid, _ in page if at.timestamp() >= horizon})
-            state = _Cursor(newest, seen)
-        return UpdatePage(updates=updates, cursor=state.dump(), has_more=partial or len(found) > limit)
+        updates = [self._update(at, h) for at, _, _, h in page]
+        done = {k: (t, set(ids)) for k, (t, ids) in state.done.items()}
+        for _, hid, sr_id, _ in page:
+            stamp = listed[sr_id].timestamp()
+            entry = done.setdefault(sr_id, (stamp, set()))
+            done[sr_id] = (max(entry[0], stamp), entry[1] | {hid})
+        more = partial or len(found) > limit
+        at = state.at
+        if not more and listed:
+            # every listed request's history is passed: move on, keeping the lookback for late commits
+            at = max([state.at or EPOCH, *listed.values()])
+        if at is not None:
+            horizon = (at - self.retention).timestamp()
+            done = {k: v for k, v in done.items() if v[0] >= horizon}
+        return UpdatePage(updates=updates, cursor=_Cursor(at, done).dump(), has_more=more)
 
     def _update(self, at: datetime, h: Any) -> BackOfficeUpdate:
         code = h.ServiceCode
@@ -281,16 +360,34 @@ class BartecConnector(Connector):
         note = None
         if h.RecordStamp is not None and h.RecordStamp.Comments:
             note = h.RecordStamp.Comments.strip() or None
+        closing = (h.ClosingCode or "").strip() or None
+        if closing:
+            # the closing code is the outcome the customer cares about ("JUSTIFIED" vs "NOT JUSTIFIED");
+            # open311-adapter passes it back as the external status (commit 0fe83bf6)
+            note = f"Closing code: {closing}" + (f". {note}" if note else "")
         hub_ref = (h.ExternalReference or "").strip() or None
         return BackOfficeUpdate(
             backoffice_ref=code, update_id=str(h.id), occurred_at=at.astimezone(UTC),
             status_code=h.ServiceStatusName.strip(), note=note, hub_ref=hub_ref,
             # the service type routes a job raised in Bartec; one the Hub sent (it names its case) needs no
             # extra ServiceRequests_Get per job to find it
-            service_code=self._service_type(code) if hub_ref is None else self._type_of.get(code),
+            service_code=self._shipped_type(self._service_type(code) if hub_ref is None else self._type_of.get(code)),
             raw={"ServiceTypeName": h.ServiceTypeName, "ServiceClassName": h.ServiceClassName,
-                 "ClosingCode": h.ClosingCode},
+                 "ClosingCode": closing},
         )
+
+    def _local_type(self, shipped: Any) -> Any:
+        """This district's ServiceTypeID for the one the shared mapping gave (unchanged when not configured)."""
+        try:
+            return self._type_to_local.get(int(shipped), shipped)
+        except (TypeError, ValueError):
+            return shipped
+
+    def _shipped_type(self, local: str | None) -> str | None:
+        """The shared mappings' ServiceTypeID for this district's, so inbound routing reads one table."""
+        if local is None or not local.isdigit():
+            return local
+        return str(self._type_to_shipped.get(int(local), int(local)))
 
     def _service_type(self, code: str) -> str | None:
         if code not in self._type_of:

@@ -49,6 +49,8 @@ SERVICE_TYPES: dict[int, tuple[str, str]] = {
     280: ("New container", "CONTAINERS"),
     290: ("Fly tipping", "STREET CLEANSING"),
 }
+NO_DEFAULT_LAND_TYPE = frozenset({290})
+"""Service types set up without a default land type: a create must then give LandTypeID (open311-adapter 906f2725)."""
 NOTE_TYPES = {1: "Specific note", 11: "General note", 68: "Other note"}
 UNKNOWN_UPRNS = frozenset({"999999999999", "100000000000", "1"})
 """UPRNs the simulated gazetteer does not hold: creating a job there gives Bartec's real error."""
@@ -135,8 +137,13 @@ class BartecSimulator(Simulator):
     name = "bartec"
     xml = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, history_date_filter: bool = False,
+                 external_reference_lookup: bool = False) -> None:
         super().__init__(host, port)
+        self.history_date_filter = history_date_filter
+        """Off by default, as on a real Bartec: True makes History_Get's Date filter work as documented."""
+        self.external_reference_lookup = external_reference_lookup
+        """Off by default: a convenience the real Bartec lacks, ServiceRequests_Get filtered by ExternalReference."""
         self.store = JobStore(LIFECYCLE, ref_format="SR{id:08d}", first_id=51400)
         self.unknown_uprns: set[str] = set(UNKNOWN_UPRNS)
         self._tokens: dict[str, str] = {}  # token -> tenant
@@ -175,12 +182,16 @@ class BartecSimulator(Simulator):
         self._set_initial_status(job, status, note or "raised in Bartec")
         return job
 
-    def set_status(self, tenant: str, service_code: str, status: str, note: str | None = None) -> None:
-        """Change a job's status as a back-office user would (e.g. UNABLE TO COMPLETE with a reason)."""
+    def set_status(self, tenant: str, service_code: str, status: str, note: str | None = None,
+                   closing_code: str | None = None) -> None:
+        """Change a job's status as a back-office user would (e.g. CLOSED with closing code NOT JUSTIFIED)."""
         job = self.store.by_ref(tenant, service_code)
         if job is None:
             raise KeyError(service_code)
-        self.store.set_status(job, status, note)
+        ev = self.store.set_status(job, status, note)
+        if closing_code:
+            with self.store._lock:
+                job.data.setdefault("closing_codes", {})[ev.update_id] = closing_code
 
     def expire_tokens(self) -> None:
         """Forget every issued token, as Bartec does when a session times out."""
@@ -295,6 +306,8 @@ class BartecSimulator(Simulator):
         type_id = int(type_text) if type_text else 0
         if type_id not in SERVICE_TYPES:
             raise _Refused(f"{where}: Specified ServiceTypeID does not exist")
+        if type_id in NO_DEFAULT_LAND_TYPE and not _text(el, "LandTypeID"):
+            raise _Refused(f"{where}: LandTypeID must be supplied")
         status = "PENDING"
         status_text = _text(el, "ServiceStatusID")
         if status_text:
@@ -338,6 +351,10 @@ class BartecSimulator(Simulator):
         types = {int(t.text) for t in _items(el, "ServiceTypes") if t.text}
         dates = _child(el, "RequestDate")
         low, high = parse_time(_text(dates, "MinimumDate")), parse_time(_text(dates, "MaximumDate"))
+        if external and not self.external_reference_lookup:
+            # a real Bartec has no such criterion; answer as the faithful server would: a SOAP client fault
+            raise SoapFault("Client", "Server was unable to read request. ---> The element 'ServiceRequests_Get' "
+                                      "has invalid child element 'ExternalReference'.")
         pool = self.store.by_hub_ref(tenant, external) if external else self.store.tenant_jobs(tenant)
         jobs = [j for j in pool
                 if (not code or j.ref == code)
@@ -393,7 +410,8 @@ class BartecSimulator(Simulator):
             upd = _sub(result, ns, "ServiceRequest_Updates", RecordCount="0")
             _sub(upd, ns, "ServiceRequestID", job.id)
             _sub(upd, ns, "ServiceCode", job.ref)
-            _sub(upd, ns, "JobReference", job.data.get("crm_id") or "")
+            # the external reference given at create (open311-adapter: "JobReference is the external ID")
+            _sub(upd, ns, "JobReference", job.hub_ref or "")
             _sub(upd, ns, "ServiceCategory", "General")
             _sub(upd, ns, "ServiceClass", class_name)
             _sub(upd, ns, "ServiceType", type_name)
@@ -405,11 +423,19 @@ class BartecSimulator(Simulator):
     def _history(self, tenant: str, el: etree._Element) -> etree._Element:
         sr_id = int(_text(el, "ServiceRequestID") or 0)
         since = parse_time(_text(el, "Date"))
+        if since is None:
+            # as the real service answers when Date is left out (open311-adapter commit 11e47701)
+            raise _Refused("SqlDateTime overflow. Must be between 1/1/1753 12:00:00 AM and 12/31/9999 11:59:59 PM.")
         job = self.store.jobs.get(sr_id)
         events = []
         if job is not None and job.tenant == tenant:
             with self.store._lock:
-                events = [e for e in job.events if since is None or millis(e.at) >= since]
+                if self.history_date_filter:
+                    events = [e for e in job.events if millis(e.at) >= since]
+                elif since <= millis(job.created_at):
+                    # Bartec's bug: Date does not filter entries; it gives all of the history when it is before
+                    # the request was created and none of it after
+                    events = list(job.events)
         wrapper, result = self._result("ServiceRequests_History_Get", count=len(events))
         ns = result.nsmap[None]
         for ev in events:
@@ -423,6 +449,9 @@ class BartecSimulator(Simulator):
             _sub(h, ns, "DateChanged", bartec_time(ev.at))
             if ev.status in FINAL_STATUSES:
                 _sub(h, ns, "DateClosed", bartec_time(ev.at))
+            closing = job.data.get("closing_codes", {}).get(ev.update_id)
+            if closing:
+                _sub(h, ns, "ClosingCode", closing)
             _sub(h, ns, "ServiceClassName", class_name)
             _sub(h, ns, "ServiceTypeName", type_name)
             _sub(h, ns, "ServiceStatusName", ev.status)
