@@ -11,9 +11,10 @@ A module that needs more control may still subclass `ConnectorConformance` and g
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ from hubbridge.errors import (
     BadResponseError,
     ConnectorError,
     NotSupported,
+    OutcomeUnknown,
     PermanentError,
     TransientError,
     UnknownOutcomeError,
@@ -200,6 +202,40 @@ class ConnectorConformance:
         assert any(isinstance(e, UnknownOutcomeError) for e in errors), (
             "a timeout after sending the create must be an UnknownOutcomeError: "
             + ", ".join(type(e).__name__ for e in errors))
+
+    def test_lost_answer_makes_one_job_or_outcome_unknown(self, harness: ConformanceHarness) -> None:
+        """As delivery does it: a create whose answer is lost, then `find` with the delivery, then create if None.
+
+        The case ends as exactly one job, or as `OutcomeUnknown` with at most one job: never two.
+        """
+        connector = harness.make_connector(read_timeout=0.5)
+        delivery = replace(harness.delivery(7), known_new=True)
+        faults = harness.simulator.faults
+        faults.slow_seconds = self.slow_seconds
+        try:
+            connector.find(harness.delivery(1007).hub_ref)  # session set-up out of the way
+            faults.next("slow")
+            with contextlib.suppress(UnknownOutcomeError):
+                connector.create(delivery)
+            faults.clear()
+            for _ in range(3):  # a queued create (a token) may need asking again
+                try:
+                    found = connector.find(delivery.hub_ref, delivery)
+                except OutcomeUnknown as exc:
+                    self.assert_clear(exc, connector)
+                    assert harness.jobs_for(delivery.hub_ref) <= 1
+                    return
+                except UnknownOutcomeError:
+                    continue
+                if found is None:
+                    connector.create(delivery)
+                assert harness.jobs_for(delivery.hub_ref) == 1, (
+                    f"{harness.jobs_for(delivery.hub_ref)} back-office jobs for {delivery.hub_ref} after a lost answer")
+                return
+            raise AssertionError("find kept answering an unknown outcome")
+        finally:
+            faults.clear()
+            connector.close()
 
     @pytest.mark.parametrize("kind", FAIL_FIRST_KINDS)
     def test_refused_before_work_is_transient(self, harness: ConformanceHarness, kind: str) -> None:

@@ -35,6 +35,11 @@ FAULT_KINDS = ("error500", "reset", "slow", "garbage", "truncated", "xxe", "enti
 """error500/reset/status429 fail before any work is done; the others do the work, then answer badly."""
 
 
+HTML_PROXY_PAGE = (b'<!DOCTYPE html>\n<html><head><title>502 Proxy Error</title></head><body><h1>Proxy Error</h1>'
+                   b"<p>The proxy server received an invalid response from an upstream server.</p></body></html>")
+"""What an Apache reverse proxy in front of a back office answers when the back office is down."""
+
+
 @dataclass
 class Request:
     method: str
@@ -220,6 +225,17 @@ class FaultPlan:
         self.slow_seconds = 3.0
         self._random = random.Random(0)
         self.injected: dict[str, int] = {}
+        # `hold`: the request is done, and its answer waits until `release()`, so a test can act in between
+        self.holding = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        """Let every held answer go."""
+        self._released.set()
+
+    def wait_released(self, most_seconds: float = 60.0) -> None:
+        self.holding.set()
+        self._released.wait(most_seconds)  # bounded, so a test that forgets to release cannot hang the server
 
     def next(self, kinds: Sequence[str] | str, count: int = 1, match: str | None = None) -> None:
         """Queue faults for the next requests; with `match`, only for requests whose path or body contains it."""
@@ -233,6 +249,9 @@ class FaultPlan:
             self.rate, self.rate_kinds, self._random = rate, tuple(kinds), random.Random(seed)
 
     def clear(self) -> None:
+        self._released.set()
+        self.holding.clear()
+        self._released = threading.Event()
         with self._lock:
             self._queue.clear()
             self.rate = 0.0
@@ -360,6 +379,13 @@ class Simulator:
         """The answer for a fault that does the work but answers badly."""
         if kind == "garbage":
             return Response(200, b"<html><body>Proxy Error: upstream sent nonsense \x00\xff</body>", "text/html")
+        if kind == "html_proxy":
+            # a reverse proxy's own error page, sent with 200 while the back office behind it is unreachable
+            return Response(200, HTML_PROXY_PAGE, "text/html; charset=utf-8")
+        if kind == "unrelated_xml":
+            # well-formed XML that is not an answer of this API (a load balancer's health document)
+            return Response(200, b'<?xml version="1.0"?><health><status>ok</status><node>lb-2</node></health>',
+                            "text/xml; charset=utf-8")
         if kind == "truncated":
             return Response(good.status, good.body[: max(1, len(good.body) // 2)], good.content_type)
         if kind == "xxe":
@@ -404,6 +430,8 @@ class Simulator:
             resp = Response(500, f"simulator error: {exc!r}".encode(), "text/plain")
         if fault == "slow":
             time.sleep(self.faults.slow_seconds)
+        elif fault == "hold":
+            self.faults.wait_released()
         elif fault:
             resp = self.bad_body(fault, resp)
         self._send(h, resp)

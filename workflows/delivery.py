@@ -17,12 +17,14 @@ from hubbridge.errors import (
     ConnectorError,
     HubbridgeError,
     MappingError,
+    OutcomeUnknown,
     PermanentError,
     RoutingError,
     StoreError,
     TransientError,
     UnknownOutcomeError,
 )
+from hubbridge.log import bind_case
 from hubbridge.store import (
     CaseRow,
     HubUpdateRow,
@@ -87,6 +89,7 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
         if stage != "received":
             return Outcome(OutcomeKind.SKIPPED, f"already {stage}")
         case = HubCase.model_validate(payload)
+        bind_case(hub_ref, payload)  # its customer values are redacted in every line below, mapping errors too
         # Claim the case atomically: a second copy of the message (a redelivery, a reconcile) backs off.
         claimed = s.execute(_CLAIM, {
             "case_id": case_id,
@@ -136,6 +139,12 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
     except TransientError as exc:
         breaker.failure(str(exc))
         return _retry_later(rt, case, exc, route.connector)
+    except OutcomeUnknown as exc:
+        # never create after this: an operator checks the candidates in the back office first
+        breaker.success()
+        listed = ", ".join(exc.candidates) or "none found"
+        return _give_up(rt, case, "deliver", "outcome unknown", f"{exc} (candidate back-office jobs: {listed})",
+                        connector=route.connector.name)
     except (PermanentError, ConnectorError) as exc:
         breaker.success()  # the back office answered: it is up
         return _give_up(rt, case, "deliver", "refused", str(exc), connector=route.connector.name)

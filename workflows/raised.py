@@ -102,8 +102,8 @@ def _raised_in_back_office(rt: Runtime, s: Session, conn: Connector, upd: BackOf
     raised = s.scalar(select(RaisedCaseRow).where(key).execution_options(populate_existing=True))
     if raised is None:
         raise StoreError(f"raised job {upd.backoffice_ref} of {conn.name} vanished while an update was added")
-    if raised.state == "raised" and raised.hub_ref:
-        return raised.hub_ref  # raised (and linked) since this poll began
+    if raised.state in ("raised", "linked") and raised.hub_ref:
+        return raised.hub_ref  # raised on the Hub, or found to be ours, since this poll began
     raised.updates = [*raised.updates, _dump_update(upd)]
     raised.service_code = raised.service_code or upd.service_code
     return None
@@ -157,6 +157,23 @@ def raise_case(rt: Runtime, raised_id: int, now: datetime | None = None) -> Outc
         name, bo_ref, attempts = raised.connector, raised.backoffice_ref, raised.attempts
         first = _load_update(raised.updates[0]) if raised.updates else None
         service_code = raised.service_code
+        # A back office that does not echo our reference makes our own job look raised there: its link (made
+        # when delivery commits) decides, and while a delivery to this instance is unsettled the job waits.
+        linked = s.scalar(select(LinkRow.hub_ref).where(LinkRow.connector == name, LinkRow.backoffice_ref == bo_ref))
+        if linked is not None:
+            return _take_into_linked_case(rt, s, raised, linked)
+        unsettled = s.scalar(
+            select(CaseRow.hub_ref).where(
+                CaseRow.connector == name,
+                CaseRow.stage == "received",
+                CaseRow.unknown_outcome.is_(True),
+                CaseRow.received_at <= raised.created_at,  # only a case older than the job can have made it
+            ).limit(1)
+        )
+        if unsettled is not None:
+            raised.next_attempt_at = now + timedelta(seconds=rt.settings.reconcile_after_seconds / 4)
+            raised.last_error = f"waiting: the delivery of {unsettled} to {name} may have made this job"
+            return Outcome(OutcomeKind.SKIPPED, f"waits for the delivery of {unsettled}")
     if first is None:
         return _raise_failed(rt, raised_id, "no_update", "the outbox row holds no back-office update", bo_ref, name)
     conn = rt.connector(name)
@@ -253,6 +270,28 @@ def raise_case(rt: Runtime, raised_id: int, now: datetime | None = None) -> Outc
     return Outcome(OutcomeKind.DONE, hub_ref, push=[hub_ref])
 
 
+def _take_into_linked_case(rt: Runtime, s: Session, raised: RaisedCaseRow, hub_ref: str) -> Outcome:
+    """The job was one of ours after all (its delivery committed the link since): its held updates go to that case."""
+    from hubbridge.workflows.sync import _apply_update  # sync imports this module: not at import time
+
+    conn = rt.connector(raised.connector)
+    pending = [_load_update(d) for d in raised.updates]
+    raised.state, raised.hub_ref, raised.updates, raised.next_attempt_at = "linked", hub_ref, [], None
+    raised.last_error = None
+    for upd in pending:
+        _apply_update(rt, s, conn, hub_ref, upd)
+        s.execute(
+            update(SeenUpdateRow)
+            .where(SeenUpdateRow.connector == raised.connector, SeenUpdateRow.update_id == upd.update_id)
+            .values(hub_ref=hub_ref)
+            .execution_options(synchronize_session=False)
+        )
+    record_event(s, hub_ref, "backoffice.update.linked", connector=raised.connector,
+                 backoffice_ref=raised.backoffice_ref, updates=len(pending))
+    log.info("raised.was_ours", hub_ref=hub_ref, connector=raised.connector, backoffice_ref=raised.backoffice_ref)
+    return Outcome(OutcomeKind.DONE, hub_ref, push=[hub_ref])
+
+
 def _hub_call_seconds(rt: Runtime) -> float:
     t = rt.config.hub.timeouts
     return 2 * (t.connect + t.read) + 30.0
@@ -283,7 +322,8 @@ def _raised_case(
     """The Hub case for a job raised in `conn`'s back office, and the route its service takes there."""
     details: dict[str, Any] = dict(conn.raised_details(first) or {}) if conn.supports_raised_details else {}
     found = _details_from_raw(first.raw)
-    route = _raised_route(rt, conn, service_code, details.get("authority"), first.backoffice_ref)
+    authority = details.get("authority") or _authority_by_location(rt, details, first.raw)
+    route = _raised_route(rt, conn, service_code, authority, first.backoffice_ref)
     # the Hub needs a name to file the case under; the back office may not have passed one on
     fallback = {"name": f"Caller to {conn.name} (no name passed on)"}
     customer = (
@@ -332,12 +372,54 @@ def _raised_route(rt: Runtime, conn: Connector, service_code: str | None, author
         candidates = [r for r in candidates if r.authority == authority]
     if len(candidates) != 1:
         pairs = ", ".join(sorted(f"{r.authority}/{r.service}" for r in candidates)) or "none"
+        located = f"its location gave {authority}" if authority else (
+            "its location gave no authority (no postcode of a district listed in authorities.yaml)")
         raise RoutingError(
-            f"job {bo_ref} raised in {conn.name} (code {service_code}) cannot be told apart between: {pairs}",
+            f"job {bo_ref} raised in {conn.name} (code {service_code}) cannot be told apart between: {pairs}; "
+            f"{located}",
             where=conn.name,
-            hint="the connector should give the job's authority through raised_details(); then replay",
+            hint="add the job's postcode district to its council's postcode_areas in authorities.yaml, or have the "
+            "connector give the authority through raised_details(); then replay",
         )
     return candidates[0]
+
+
+# an outward code (B60, WR14, DY10) optionally followed by its inward code (1AA)
+_POSTCODE = re.compile(r"\b([A-Z]{1,2}[0-9][0-9A-Z]?)(?:\s*[0-9][A-Z]{2})?\b")
+_POSTCODE_KEYS = ("zipcode", "postcode", "postalcode", "zip")
+_ADDRESS_KEYS = ("address", "addressstring", "addresstext", "sitedescription", "locationdescription", "description")
+
+
+def _authority_by_location(rt: Runtime, details: dict[str, Any], raw: Any) -> str | None:
+    """The one district whose postcode districts hold the job's postcode, for a back office that serves several.
+
+    Postcode fields are read first, then addresses; None when no postcode or more than one district matches.
+    """
+    flat: dict[str, str] = {}
+
+    def walk(obj: Any, depth: int) -> None:
+        if depth > 4:
+            return
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if isinstance(v, dict | list):
+                    walk(v, depth + 1)
+                elif isinstance(v, str) and v:
+                    flat.setdefault(_KEY_CHARS.sub("", str(k).lower()), v)
+        elif isinstance(obj, list):
+            for item in obj[:20]:
+                walk(item, depth + 1)
+
+    walk({"details": details, "raw": raw}, 0)
+    by_district = {area.upper(): code for code, a in rt.config.authorities.items() for area in a.postcode_areas}
+    for keys in (_POSTCODE_KEYS, _ADDRESS_KEYS):
+        found = {by_district[m.group(1)] for k in keys if k in flat
+                 for m in _POSTCODE.finditer(flat[k].upper()) if m.group(1) in by_district}
+        if len(found) == 1:
+            return found.pop()
+        if len(found) > 1:
+            return None  # two councils named: not ours to choose
+    return None
 
 
 _KEY_CHARS = re.compile(r"[^a-z]")

@@ -1,8 +1,11 @@
 """The highways connector: Open311 GeoReport v2 (JSON or XML) with FixMyStreet's service request updates.
 
-Creates are idempotent: every request carries the Hub reference as an identifying attribute
-(`attribute[hub_ref]`, like FixMyStreet's `fixmystreet_id` on Confirm), and `create` looks it up with
-`GET requests?attribute[hub_ref]=...` before posting. Updates come from `GET servicerequestupdates`
+Every request carries the Hub reference as an identifying attribute (`attribute[hub_ref]`, like
+FixMyStreet's `fixmystreet_id` on Confirm). GeoReport v2 has no look-up by it, so after a lost answer
+`find` uses what the server offers: the `token` a queued create answered (`GET tokens/{token}`), a
+time-window search matched on the echoed reference where config says the server echoes attributes, the
+`attribute[...]` filter only where config says the server honours it; otherwise it raises `OutcomeUnknown`
+with the candidate requests. Updates come from `GET servicerequestupdates`
 with a cursor of (high-water timestamp, update ids already returned near it), so updates sharing a
 timestamp or arriving a little late are neither skipped nor repeated.
 """
@@ -29,6 +32,7 @@ from hubbridge.connectors.open311.models import Open311Request, request_target_f
 from hubbridge.errors import (
     BadResponseError,
     ConfigError,
+    OutcomeUnknown,
     PermanentError,
     TransientError,
     UnknownOutcomeError,
@@ -53,6 +57,11 @@ class _Update:
     request_id: str
     at: datetime
     row: dict[str, Any]
+
+
+_XML_ROOTS = {"requests": "service_requests", "servicerequestupdates": "service_request_updates",
+              "services": "services", "tokens": "service_requests"}
+"""The root element each GeoReport v2 resource answers with in XML."""
 
 
 def _num(value: float | int) -> str:
@@ -95,6 +104,12 @@ class Open311Connector(Connector):
         self.jurisdiction_id = opts.get("jurisdiction_id")
         self.overlap = timedelta(seconds=float(opts.get("overlap_seconds", 60)))
         self.api_key_on_reads = bool(opts.get("api_key_on_reads", False))
+        # what this instance's server is declared to offer beyond GeoReport v2 (both off: a spec server)
+        self.filters_by_ref = bool(opts.get("server_filters_by_ref", False))
+        self.echoes_attributes = bool(opts.get("server_echoes_attributes", False))
+        self.search_window = timedelta(hours=float(opts.get("search_window_hours", 72)))
+        # hub_ref -> token of a create the server queued; lost on a restart, when the search below remains
+        self._tokens: LRUCache[str, str] = LRUCache(maxsize=CACHE_SIZE)
         self.note_author = {k: str(opts[f"note_{k}"]) for k in ("first_name", "last_name", "email")
                             if opts.get(f"note_{k}")} or {"first_name": "Worcestershire", "last_name": "Hub"}
         try:
@@ -115,7 +130,7 @@ class Open311Connector(Connector):
     def create(self, delivery: Delivery) -> CreateResult:
         bound = log.bind(hub_ref=delivery.hub_ref, instance=self.name)
         request = self._validate(delivery)
-        existing = None if delivery.known_new else self.find(delivery.hub_ref)
+        existing = None if delivery.known_new else self.find(delivery.hub_ref, delivery)
         if existing is not None:
             bound.info("open311.create.exists", backoffice_ref=existing.backoffice_ref)
             return existing
@@ -123,12 +138,15 @@ class Open311Connector(Connector):
         rows = self._call("POST", "requests", data=pairs, sending=True, what=f"create for {delivery.hub_ref}")
         row = rows[0] if rows and isinstance(rows[0], dict) else {}
         sid = row.get("service_request_id")
-        if sid in (None, ""):
-            if row.get("token"):
-                # accepted for later processing: the id will exist, found by the Hub reference
+        if sid in (None, "") and row.get("token"):
+            self._tokens[delivery.hub_ref] = str(row["token"])
+            resolved = self._resolve_token(delivery.hub_ref, str(row["token"]))
+            if resolved is None:
                 raise UnknownOutcomeError(
                     f"request for {delivery.hub_ref} accepted with token {row['token']} but no id yet",
-                    instance=self.name, hint="it will be looked up by its Hub reference before any resend")
+                    instance=self.name, hint="the token is asked again (GET tokens/{token}) before any resend")
+            return resolved
+        if sid in (None, ""):
             raise BadResponseError(f"create for {delivery.hub_ref}: answer has no service_request_id: "
                                    f"{str(rows)[:200]}", instance=self.name)
         sid = str(sid)
@@ -138,8 +156,66 @@ class Open311Connector(Connector):
         return CreateResult(sid, None, raw=row)
 
     def find(self, hub_ref: str, delivery: Delivery | None = None) -> CreateResult | None:
+        token = self._tokens.get(hub_ref)
+        if token is not None:
+            resolved = self._resolve_token(hub_ref, token)
+            if resolved is None:  # queued, not lost: ask again later rather than create a second one
+                raise UnknownOutcomeError(f"request for {hub_ref} (token {token}) still has no id",
+                                          instance=self.name, hint="the token is asked again later")
+            return resolved
+        if self.filters_by_ref:
+            return self._find_by_filter(hub_ref)
+        return self._find_by_search(hub_ref, delivery)
+
+    def _resolve_token(self, hub_ref: str, token: str) -> CreateResult | None:
+        """The request a queued create became (`GET tokens/{token}`), or None while it is still queued."""
+        rows = self._call("GET", f"tokens/{quote(token, safe='')}", what=f"token {token} of {hub_ref}",
+                          root="service_requests")
+        sid = next((str(r["service_request_id"]) for r in rows if isinstance(r, dict)
+                    and r.get("service_request_id") not in (None, "")), None)
+        if sid is None:
+            return None
+        self._tokens.pop(hub_ref, None)
+        self._requests[sid] = {"service_request_id": sid, "service_code": None,
+                               "attributes": {self.ref_attribute: hub_ref}}
+        return CreateResult(sid, None, raw={"token": token, "service_request_id": sid})
+
+    def _find_by_search(self, hub_ref: str, delivery: Delivery | None) -> CreateResult | None:
+        """Search the recent requests of the case's service; certain only where the server echoes attributes."""
+        now = datetime.now(UTC).replace(microsecond=0)
+        params = {"start_date": w3c(now - self.search_window), "end_date": w3c(now + timedelta(minutes=5))}
+        code = (delivery.payload.get("service_code") if delivery is not None else None)
+        if code:
+            params["service_code"] = str(code)
+        rows = [r for r in self._call("GET", "requests", params=params, what=f"search for {hub_ref}")
+                if isinstance(r, dict) and r.get("service_request_id") not in (None, "")]
+        if self.echoes_attributes:
+            return self._pick(hub_ref, rows)
+        # nothing here can say which request (if any) is ours: park it with the likely ones
+        candidates = [str(r["service_request_id"]) for r in rows if self._looks_like(r, delivery)]
+        raise OutcomeUnknown(
+            f"{self.name} cannot look {hub_ref} up (GeoReport v2 has no search by our reference and this server "
+            f"is not declared to echo attributes)", instance=self.name, candidates=candidates[:20])
+
+    @staticmethod
+    def _looks_like(row: dict[str, Any], delivery: Delivery | None) -> bool:
+        """Same place (to about 10 m) or same description as the delivery: worth an operator's look."""
+        if delivery is None:
+            return True
+        p = delivery.payload
+        try:
+            near = (abs(float(row["lat"]) - float(p["lat"])) < 1e-4
+                    and abs(float(row["long"]) - float(p["long"])) < 1e-4)
+        except (KeyError, TypeError, ValueError):
+            near = False
+        return near or (bool(p.get("description")) and row.get("description") == p.get("description"))
+
+    def _find_by_filter(self, hub_ref: str) -> CreateResult | None:
         params = {f"attribute[{self.ref_attribute}]": hub_ref}
         rows = self._call("GET", "requests", params=params, what=f"look-up of {hub_ref}")
+        return self._pick(hub_ref, rows)
+
+    def _pick(self, hub_ref: str, rows: list[Any]) -> CreateResult | None:
         # only trust requests that echo the reference: a server ignoring the filter must not match
         matches = [r for r in rows if isinstance(r, dict) and isinstance(r.get("attributes"), dict)
                    and str(r["attributes"].get(self.ref_attribute) or "") == hub_ref
@@ -309,7 +385,7 @@ class Open311Connector(Connector):
 
     def _call(self, method: str, resource: str, *, params: Mapping[str, str] | None = None,
               data: list[tuple[str, str]] | None = None, sending: bool = False, what: str = "request",
-              auth: bool = True) -> list[Any]:
+              auth: bool = True, root: str | None = None) -> list[Any]:
         """Send one GeoReport call and return its rows (the list inside a JSON array or the XML root)."""
         url = self._url(resource)
         query = self._params(params or {}, auth=auth and data is None)
@@ -329,10 +405,14 @@ class Open311Connector(Connector):
                             for r in body):
                 self._raise_errors(body, what, resp.status_code)  # an error list sent with 200
             return body
-        root = self._xml(resp, url, what)
-        if root.tag == "errors":
-            self._raise_error_document(root, what)
-        return [self._xml_row(child) for child in root]
+        doc = self._xml(resp, url, what)
+        if doc.tag == "errors":
+            self._raise_error_document(doc, what)
+        expected = root or _XML_ROOTS.get(resource.split("/", 1)[0])
+        if expected is not None and doc.tag != expected:
+            # an HTML error page or a stranger's XML is not "no such request": reading it so could make a second job
+            raise BadResponseError(f"{what}: expected <{expected}> from {url}, got <{doc.tag}>", instance=self.name)
+        return [self._xml_row(child) for child in doc if isinstance(child.tag, str)]
 
     def _xml(self, resp: requests.Response, url: str, what: str) -> etree._Element:
         ctype = resp.headers.get("Content-Type", "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -182,8 +183,20 @@ class Open311Simulator(Simulator):
     xml = False  # JSON is the primary form; XML is served for `.xml` paths
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = DEFAULT_API_KEY,
-                 public_reads: bool = True) -> None:
+                 public_reads: bool = True, tokens: bool = False, echo_attributes: bool = True,
+                 ref_filter: bool = False) -> None:
         super().__init__(host, port)
+        # Like servers that queue creates (recorded Merton answers): POST answers a `token`, and
+        # `GET tokens/{token}` gives the id once the job exists (at once here, or after `hold_tokens`).
+        self.tokens = tokens
+        self.hold_tokens = False
+        self._tokens: dict[str, tuple[str, str | None]] = {}  # token -> (tenant, job ref or None while queued)
+        self._queued: dict[str, tuple[str, dict[str, Any]]] = {}  # token -> (tenant, form) not yet made a job
+        # GeoReport v2 leaves echoing `attributes` in answers to the server.
+        self.echo_attributes = echo_attributes
+        # Off by default: `GET requests?attribute[hub_ref]=` is this project's extension, which a spec
+        # server ignores like any unknown parameter.
+        self.ref_filter = ref_filter
         self.api_key = api_key  # None: any non-empty key is accepted (a missing one is still refused)
         self.public_reads = public_reads  # GET services is always public; requests/updates need the key if False
         self.store = _Enquiries(LIFECYCLE, ref_format="{id}", first_id=200001)
@@ -258,6 +271,8 @@ class Open311Simulator(Simulator):
         if stem == "requests" and method == "POST":
             self._check_key(p)
             return self._create(fmt, tenant, p)
+        if stem.startswith("tokens/") and method == "GET":
+            return self._token(fmt, tenant, stem.split("/", 1)[1])
         if stem == "requests" and method == "GET":
             if not self.public_reads:
                 self._check_key(p)
@@ -342,17 +357,45 @@ class Open311Simulator(Simulator):
                     raise _ApiError(400, f"attribute {a['code']} must be a number") from None
         data = {k: p[k] for k in REQUEST_FIELDS if p.get(k)}
         data["attributes"] = attributes
+        if self.tokens:
+            token = f"tok-{uuid.uuid4().hex[:16]}"
+            with self.store._lock:
+                self._tokens[token] = (tenant, None)
+                self._queued[token] = (tenant, {"code": code, "data": data})
+            if not self.hold_tokens:
+                self.release_tokens()
+            return self._ok(fmt, "service_requests", "request", [{"token": token}])
         job = self.store.create(tenant, attributes.get(HUB_REF_ATTRIBUTE), code, data)
         item = {"service_request_id": job.ref, "service_notice": "Thank you: the County will inspect within "
                 "2 working days", "account_id": None}
         return self._ok(fmt, "service_requests", "request", [item])
+
+    def release_tokens(self) -> int:
+        """Turn every queued create into its job, as the server's queue would; returns how many."""
+        with self.store._lock:
+            queued, self._queued = self._queued, {}
+        for token, (tenant, item) in queued.items():
+            data = item["data"]
+            job = self.store.create(tenant, data["attributes"].get(HUB_REF_ATTRIBUTE), item["code"], data)
+            self._tokens[token] = (tenant, job.ref)
+        return len(queued)
+
+    def _token(self, fmt: str, tenant: str, token: str) -> Response:
+        known = self._tokens.get(token)
+        if known is None or known[0] != tenant:
+            raise _ApiError(404, f"token {token} not found")
+        row: dict[str, Any] = {"token": token}
+        if known[1] is not None:
+            row["service_request_id"] = known[1]
+        return self._ok(fmt, "service_requests", "request", [row])
 
     def _search(self, tenant: str, p: dict[str, str]) -> list[Job]:
         if p.get("service_request_id"):
             wanted = [s.strip() for s in p["service_request_id"].split(",")]
             found = {job.id: job for ref in wanted if (job := self.store.by_ref(tenant, ref)) is not None}
             return sorted(found.values(), key=lambda j: j.id)
-        hub_ref = p.get(f"attribute[{HUB_REF_ATTRIBUTE}]")  # extension: look a request up by that attribute
+        # the extension, only when switched on; a spec server ignores the parameter
+        hub_ref = p.get(f"attribute[{HUB_REF_ATTRIBUTE}]") if self.ref_filter else None
         jobs = self.store.tenant_jobs(tenant) if hub_ref is None else self.store.by_hub_ref(tenant, hub_ref)
         if p.get("service_code"):
             jobs = [j for j in jobs if j.service_code in p["service_code"].split(",")]
@@ -387,11 +430,11 @@ class Open311Simulator(Simulator):
             "expected_datetime": None,
             "address": d.get("address_string"),
             "address_id": d.get("address_id"),
-            "zipcode": None,
+            "zipcode": d.get("zipcode"),
             "lat": _number(d.get("lat")),
             "long": _number(d.get("long")),
             "media_url": d.get("media_url"),
-            "attributes": dict(d.get("attributes") or {}),
+            **({"attributes": dict(d.get("attributes") or {})} if self.echo_attributes else {}),
         }
 
     def _updates(self, fmt: str, tenant: str, p: dict[str, str]) -> Response:

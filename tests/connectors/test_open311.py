@@ -62,7 +62,8 @@ def make(sim: Open311Simulator, fmt: str) -> Callable[..., Open311Connector]:
     def build(key: str | None = DEFAULT_API_KEY, read_timeout: float | None = None, **options: Any) -> Open311Connector:
         inst = ConnectorInstance(
             name="highways-county", plugin="open311", endpoint=sim.tenant_url(TENANT),
-            credentials={"api_key": KEY_ENV}, options={"format": fmt, **options},
+            credentials={"api_key": KEY_ENV},
+            options={"format": fmt, "server_echoes_attributes": True, **options},
             timeouts=Timeouts(connect=2, read=read_timeout or 5),
         )
         return Open311Connector(inst, env={} if key is None else {KEY_ENV: key})
@@ -435,7 +436,8 @@ def test_render_matches_the_body_create_sends(conn: Open311Connector, sim: Open3
 def test_simulator_built_without_a_key_accepts_any_but_still_needs_one(fmt: str) -> None:
     with Open311Simulator(api_key=None) as s:
         inst = ConnectorInstance(name="h", plugin="open311", endpoint=s.tenant_url(TENANT),
-                                 credentials={"api_key": KEY_ENV}, options={"format": fmt})
+                                 credentials={"api_key": KEY_ENV},
+                                 options={"format": fmt, "server_echoes_attributes": True})
         assert Open311Connector(inst, env={KEY_ENV: "demo-any"}).create(pothole(60)).backoffice_ref
         with pytest.raises(PermanentError, match="api_key is required"):
             Open311Connector(inst, env={KEY_ENV: ""}).create(pothole(61))
