@@ -56,6 +56,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         beat_schedule={
             "reconcile": {"task": "hubbridge.reconcile", "schedule": settings.sweep_seconds},
             "poll-due": {"task": "hubbridge.poll_due", "schedule": settings.sweep_seconds},
+            "privacy-retention": {"task": "hubbridge.privacy_retention", "schedule": 3600.0},
         },
         timezone="UTC",
         enable_utc=True,
@@ -105,12 +106,26 @@ def _fresh_connections(**_: Any) -> None:
     engine_for.cache_clear()
 
 
+CONNECTOR_TASKS = frozenset({"hubbridge.poll_connector"})
+"""Tasks whose first argument is a connector instance's name, bound to the log as `connector`."""
+
+
 @task_prerun.connect
 def _bind_correlation(task: Any = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
     import structlog
 
     structlog.contextvars.clear_contextvars()
+    from hubbridge.log import clear_bound_values
+
+    clear_bound_values()
+    name = getattr(task, "name", None)
+    structlog.contextvars.bind_contextvars(task=name)
+    if name in CONNECTOR_TASKS:
+        # a poll works for a connector instance, not a case: its correlation id is the instance's name
+        connector = (kwargs or {}).get("name") or (args[0] if args else None)
+        if isinstance(connector, str):
+            structlog.contextvars.bind_contextvars(connector=connector)
+        return
     ref = (kwargs or {}).get("hub_ref") or (args[0] if args else None)
-    structlog.contextvars.bind_contextvars(task=getattr(task, "name", None))
     if isinstance(ref, str) and ref[:2].isalpha():
         structlog.contextvars.bind_contextvars(hub_ref=ref)

@@ -81,11 +81,25 @@ def worker(
 
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
-    """Start Celery beat: reconcile lost work, poll back offices for updates, sweep SLA clocks."""
-    from hubbridge.workflows.app import app as celery_app
+    """Start Celery beat: reconcile lost work, poll back offices for updates, sweep SLA clocks.
 
+    Run two (on two machines) for fail-over: one holds the store's beat lock and schedules, the other waits for it.
+    """
+    import os
+
+    from hubbridge.workflows.app import app as celery_app
+    from hubbridge.workflows.beatlock import BeatLock, watch_lock
+
+    _logging(loglevel)
     s = get_settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = BeatLock(s.resolved_database_url, s.data_dir)
+    lock.acquire()
+    import structlog
+
+    structlog.get_logger(__name__).info("beat.active", pid=os.getpid())
+    # a beat that lost its lock (its store connection dropped) must stop at once: a standby may already schedule
+    watch_lock(lock, lambda: os._exit(3))
     celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={s.data_dir / 'beat-schedule'}"])
 
 
@@ -257,6 +271,61 @@ def _summary_table(summary: dict[str, Any]) -> None:
     )
 
 
+SELF_MIGRATING = frozenset({"migrate", "worker", "api", "submit", "demo", "beat", "mappings"})
+"""Commands that bring the store up themselves, or do not touch it: the rest check it first."""
+
+
+@app.callback()
+def _store_ready(ctx: typer.Context) -> None:
+    """Before a command that reads the store: create the embedded SQLite store, or stop on an unmigrated server."""
+    if (ctx.resilient_parsing or ctx.invoked_subcommand is None or ctx.invoked_subcommand in SELF_MIGRATING
+            or {"--help", "-h"} & set(sys.argv)):
+        return
+    from hubbridge.errors import StoreError
+
+    url = get_settings().resolved_database_url
+    try:
+        ensure_store(url)
+    except StoreError as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def ensure_store(url: str) -> None:
+    """Migrate an embedded SQLite store (it is this machine's own); on a server, raise StoreError unless at head."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from hubbridge.errors import StoreError
+    from hubbridge.store import engine_for
+    from hubbridge.store import migrate as run
+
+    if url.startswith("sqlite"):
+        run(url)
+        return
+    from hubbridge import store
+
+    heads = set(ScriptDirectory(str(Path(store.__file__).parent / "migrations")).get_heads())
+    try:
+        with engine_for(url).connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    except Exception as exc:
+        raise StoreError(
+            f"cannot reach the store at {_safe_url(url)}: {str(exc).splitlines()[0][:200]}; "
+            "check HUBBRIDGE_DATABASE_URL and that the database server runs"
+        ) from None
+    if not current:
+        raise StoreError(
+            f"the store at {_safe_url(url)} has not been migrated (no hubbridge tables); "
+            "run `hubbridge migrate` with the same HUBBRIDGE_DATABASE_URL, then this command again"
+        )
+    if current != heads:
+        raise StoreError(
+            f"the store at {_safe_url(url)} is at schema {', '.join(sorted(current))}, this release needs "
+            f"{', '.join(sorted(heads))}; run `hubbridge migrate` (after a backup), then this command again"
+        )
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -279,10 +348,12 @@ def _mount() -> None:
     from hubbridge.mappings.cli import mappings_app
     from hubbridge.sla.cli import sla_app
     from hubbridge.workflows.dlq_cli import dlq_app
+    from hubbridge.workflows.privacy_cli import privacy_app
 
     app.add_typer(mappings_app, name="mappings", help="Validate, dry-run and describe YAML mappings.")
     app.add_typer(sla_app, name="sla", help="SLA report, a case's clocks, due times.")
     app.add_typer(dlq_app, name="dlq", help="List, show, replay and discard dead letters.")
+    app.add_typer(privacy_app, name="privacy", help="Export or erase a person's data; run and show retention.")
 
 
 _mount()

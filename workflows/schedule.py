@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -123,3 +124,28 @@ def due_polls(rt: Runtime, now: datetime | None = None, within: float = 0.0) -> 
             cur.lease_until = now + timedelta(seconds=wait + max(60.0, inst.timeouts.read * 2))
             due[name] = round(wait, 3)
     return due
+
+
+def mark_unpublished(rt: Runtime, deliver: Sequence[str] = (), push: Sequence[str] = ()) -> None:
+    """Make work whose message could not be published due now, so the next sweep (seconds away) publishes it.
+
+    Without this, a case accepted while the broker was down waited for its reconcile lease (minutes).
+    A store that is down too is logged: the lease set at intake still brings the work back.
+    """
+    now = utcnow()
+    try:
+        with session_scope(rt.url) as s:
+            if deliver:
+                s.execute(
+                    update(CaseRow)
+                    .where(CaseRow.hub_ref.in_(list(deliver)), CaseRow.stage == "received")
+                    .values(next_attempt_at=now)
+                )
+            if push:
+                s.execute(
+                    update(HubUpdateRow)
+                    .where(HubUpdateRow.hub_ref.in_(list(push)), HubUpdateRow.pushed_at.is_(None))
+                    .values(next_attempt_at=now)
+                )
+    except Exception as exc:
+        log.warning("schedule.mark_unpublished_failed", deliver=len(deliver), push=len(push), error=str(exc)[:200])

@@ -140,3 +140,13 @@ def drain_dead(limit: int = 500) -> int:
     if not broker.startswith("amqp"):
         return 0  # only RabbitMQ dead-letters messages; the embedded transport has no such queue
     return drain_broker_dead(rt.url, broker, limit=limit)
+
+
+@app.task(name="hubbridge.privacy_retention")
+def privacy_retention() -> dict[str, Any]:
+    """Erase the personal data past its service's retention period (config `privacy.yaml`); the audit trail stays."""
+    from hubbridge.privacy import apply_retention, load_privacy
+
+    rt = runtime()
+    done = apply_retention(rt.url, load_privacy(rt.config.config_dir, rt.config.services))
+    return {"cases": len(done.cases), "rows": done.rows}

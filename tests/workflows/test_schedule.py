@@ -23,3 +23,17 @@ def test_reconcile_requeues_lost_work(rig: Rig) -> None:
     deliver_case(rig.rt, ref, tell_hub=False)
     sweep = reconcile(rig.rt, now=later + timedelta(seconds=rig.rt.settings.reconcile_after_seconds + 1))
     assert ref in sweep.push  # its Hub update was never pushed
+
+
+def test_work_that_could_not_be_published_is_due_at_the_next_sweep(rig: Rig) -> None:
+    from hubbridge.workflows.schedule import mark_unpublished
+
+    ref = accept(rig, missed_bins(1)[0])
+    assert ref not in reconcile(rig.rt).deliver  # leased at intake: a lost publish would wait out the lease
+    mark_unpublished(rig.rt, deliver=[ref])
+    assert reconcile(rig.rt).deliver == [ref]  # the very next sweep, not minutes later
+    assert reconcile(rig.rt).deliver == []  # and leased again once handed over
+    deliver_case(rig.rt, ref, tell_hub=False)
+    mark_unpublished(rig.rt, deliver=[ref], push=[ref])  # a delivered case is not re-queued for delivery
+    sweep = reconcile(rig.rt)
+    assert sweep.deliver == [] and ref in sweep.push
