@@ -5,7 +5,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from hubbridge.case import SERVICE_KEY_PATTERN
 
@@ -90,6 +98,20 @@ class ConnectorInstance(Strict):
     )
     webhook_secret_env: EnvName | None = Field(None, description="HMAC secret for pushed updates")
 
+    @field_validator("options")
+    @classmethod
+    def _plugin_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """A plugin with a typed options model (Bartec) has its options checked here, when the config loads."""
+        if info.data.get("plugin") == "bartec":
+            from hubbridge.connectors.bartec.options import BartecOptions  # late: config must load without zeep
+
+            try:
+                BartecOptions.model_validate(options)
+            except ValidationError as exc:
+                problem = exc.errors()[0]
+                raise ValueError(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}") from None
+        return options
+
 
 class HubEndpoint(Strict):
     """The Hub CRM's REST API, to which updates and back-office-raised cases are sent."""
@@ -138,3 +160,56 @@ class ConnectorsFile(Strict):
 class RoutesFile(Strict):
     schema_: str | None = Field(None, alias="$schema")
     routes: list[Route]
+
+
+class Retention(Strict):
+    """How long a closed case keeps its customer's personal data."""
+
+    days_after_closure: Annotated[int, Field(ge=0, le=3650)] = Field(
+        description="Days after the case was closed, rejected or cancelled before its personal data is erased"
+    )
+
+
+class PrivacyFile(Strict):
+    """Retention of personal data per service; the audit trail is kept, without the personal data."""
+
+    schema_: str | None = Field(None, alias="$schema")
+    default: Retention = Field(description="For a service not listed under `services`")
+    dead_letter_days: Annotated[int, Field(ge=0, le=3650)] = Field(
+        90, description="Days a dead letter with no case of ours (refused at intake, say) keeps its raw payload"
+    )
+    sweep_batch: Annotated[int, Field(ge=1, le=10000)] = Field(
+        500, description="Most items one retention run erases, so one run never holds the store for long"
+    )
+    services: dict[ServiceKey, Retention] = Field(default_factory=dict)
+
+
+class ApiClient(Strict):
+    """One Hub client of the API: the variable holding its bearer token and the councils it acts for."""
+
+    name: Slug
+    token_env: EnvName
+    authorities: list[Annotated[str, StringConstraints(pattern=r"^([a-z][a-z0-9-]*|\*)$")]] = Field(
+        min_length=1, description="Authority codes this client may send and read cases for; * for every council"
+    )
+
+    def serves(self, authority: str | None) -> bool:
+        """Whether this client may send or read a case of council `authority`."""
+        return authority is not None and any(a == "*" or a == authority for a in self.authorities)
+
+
+class ApiFile(Strict):
+    """`api.yaml`: the API's clients and whether /docs and /metrics are open without a token."""
+
+    schema_: str | None = Field(None, alias="$schema")
+    clients: list[ApiClient] = Field(default_factory=list)
+    open_docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json to anyone")
+    open_metrics: bool = Field(False, description="Serve /metrics to anyone (else it needs an API token)")
+
+    @field_validator("clients")
+    @classmethod
+    def _unique(cls, clients: list[ApiClient]) -> list[ApiClient]:
+        names = [c.name for c in clients]
+        if len(set(names)) != len(names):
+            raise ValueError("each client name may appear once")
+        return clients

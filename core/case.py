@@ -70,7 +70,7 @@ AttributeValue = str | int | float | bool | None
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=4000)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=4000, allow_inf_nan=False)
 
 
 class Address(_Model):

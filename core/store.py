@@ -193,6 +193,34 @@ class DeadLetterRow(Base):
     replayed_at: Mapped[datetime | None] = mapped_column()
     discarded_at: Mapped[datetime | None] = mapped_column()
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
+    # a rejected intake body seen again (a replayed capture) counts on its first dead letter, not a new one
+    body_digest: Mapped[str | None] = mapped_column(String(64), index=True)
+    seen_count: Mapped[int] = mapped_column(Integer, default=1)
+    last_seen_at: Mapped[datetime | None] = mapped_column()
+
+
+class RevokedSessionRow(Base):
+    """A console session ended by logout: its cookie is refused until it would have expired anyway."""
+
+    __tablename__ = "console_revoked_sessions"
+
+    session_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class CaseViewRow(Base):
+    """A console user looked at a case: who, which case and when (each council may ask who saw its cases)."""
+
+    __tablename__ = "console_case_views"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    hub_ref: Mapped[str] = mapped_column(String(128), index=True)
+    page: Mapped[str] = mapped_column(String(32))
+    viewed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ConnectorHealthRow(Base):
@@ -224,7 +252,7 @@ class RaisedCaseRow(Base):
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     connector: Mapped[str] = mapped_column(String(64))
     backoffice_ref: Mapped[str] = mapped_column(String(128))
-    state: Mapped[str] = mapped_column(String(12), default="pending")  # pending | raised | dead
+    state: Mapped[str] = mapped_column(String(12), default="pending")  # pending | raised | linked (ours) | dead
     hub_ref: Mapped[str | None] = mapped_column(String(32))
     service_code: Mapped[str | None] = mapped_column(String(100))
     updates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # waiting for the Hub ref
@@ -387,3 +415,14 @@ def _drop_events(session: Session, transaction: Any) -> None:
     # a transaction rolled back or closed uncommitted: its events never happened
     if transaction.parent is None:
         session.info.pop(_EVENTS, None)
+
+
+@event.listens_for(CaseRow, "load")
+def _remember_case_values(row: CaseRow, _context: Any) -> None:
+    # A process that loads a case will log about it: its customer values are noted once here, so every later line
+    # bound to its ref redacts them without a store read per line. A payload not loaded (deferred) is skipped.
+    from hubbridge.log import remember_case
+
+    payload = row.__dict__.get("payload")
+    if payload is not None:
+        remember_case(row.hub_ref, payload)

@@ -14,7 +14,7 @@ import keyword
 from collections.abc import Callable
 from typing import Any
 
-from hubbridge.mappings.compiled import FieldFailure, ValueFn
+from hubbridge.mappings.compiled import FieldFailure, ValueFn, described
 from hubbridge.mappings.convert import match_key
 from hubbridge.mappings.model import FieldSpec
 from hubbridge.mappings.template import TemplateValueMissing, to_text
@@ -26,7 +26,8 @@ def as_field_failure(exc: Exception, where: str) -> FieldFailure:
         return exc
     if isinstance(exc, TemplateValueMissing):
         return FieldFailure(f"required value {exc.path!r} is missing", where)
-    return FieldFailure(f"{type(exc).__name__}: {exc}", where)
+    # the exception's text is left out: it can quote the case's own values
+    return FieldFailure(f"{type(exc).__name__} while filling the field", where)
 
 
 MISSING = object()
@@ -102,12 +103,14 @@ def no_entry(table: dict[str, Any], label: str, rule: FieldSpec, where: str) -> 
     """What a map or lookup does with a key it has no entry for: fail, or warn and use the fallback."""
     known = ", ".join(sorted(table)[:12]) + (", ..." if len(table) > 12 else "")
     has_fallback, fallback = rule.has_fallback, rule.fallback
+    # a back office's status code is shown (operators need it); a key taken from a case never is (personal data)
+    shown = repr if where.startswith("inbound.") else described
 
     def miss(missing_key: str, warnings: list) -> Any:
         if not has_fallback:
-            raise FieldFailure(f"no {label} entry for {missing_key!r}", where,
+            raise FieldFailure(f"no {label} entry for {shown(missing_key)}", where,
                                f"known: {known}; add an entry or a fallback")
-        warnings.append(f"{where}: no {label} entry for {missing_key!r}; used fallback {fallback!r}")
+        warnings.append(f"{where}: no {label} entry for {shown(missing_key)}; used fallback {fallback!r}")
         return fallback
 
     return miss
@@ -115,7 +118,8 @@ def no_entry(table: dict[str, Any], label: str, rule: FieldSpec, where: str) -> 
 
 def not_allowed(where: str, shown: str) -> Callable[[Any], FieldFailure]:
     """The failure for a value outside the field's allowed values."""
-    return lambda value: FieldFailure(f"{value!r} is not one of the allowed values", where, f"allowed: {shown}")
+    return lambda value: FieldFailure(f"{described(value)} is not one of the allowed values", where,
+                                      f"allowed: {shown}")
 
 
 def too_long(where: str, limit: int, truncate: bool) -> Callable[[str, list], str]:

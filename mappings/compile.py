@@ -37,6 +37,13 @@ def load_lookups(
             errors.append(doc.error("lookup files are given relative to the mapping file", ["lookups", name]))
             continue
         lookup_path = (base / relative).resolve()
+        # the mappings directory is the one holding the area folders (lookups sit in its `lookups/`): a path out
+        # of it (../../, a symlink) could read any YAML on the host and send its values to a back office
+        root = base.resolve().parent
+        if not lookup_path.is_relative_to(root):
+            errors.append(doc.error(f"lookup file {relative!r} is outside the mappings directory {root}",
+                                    ["lookups", name]))
+            continue
         if not lookup_path.is_file():
             errors.append(doc.error(f"lookup file {relative!r} not found (looked at {lookup_path})",
                                     ["lookups", name]))

@@ -16,6 +16,15 @@ from hubbridge.mappings.template import to_text
 ValueFn = Callable[[Any, Any, list], Any]
 
 
+def described(value: object) -> str:
+    """What a value is, never the value: a mapping error is logged, and case values are personal data."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, str):
+        return f"a text of {len(value)} characters"
+    return f"a value of type {type(value).__name__}"
+
+
 class FieldFailure(Exception):
     """Internal: a field could not be filled; becomes a MappingError naming case, mapping and field."""
 
@@ -86,7 +95,8 @@ class CompiledMapping:
             ) from None
         except Exception as exc:  # a bug or an object that is not a HubCase: still one clear error
             raise MappingError(
-                f"cannot translate: {type(exc).__name__}: {exc}", ref=_case_ref(case), mapping=self.name,
+                # the exception's text is left out: it can quote the case's own values
+                f"cannot translate: {type(exc).__name__}", ref=_case_ref(case), mapping=self.name,
                 field="outbound",
             ) from exc
         return Translation(payload, warnings)

@@ -8,7 +8,7 @@ from enum import Enum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hubbridge.mappings.compiled import FieldFailure
+from hubbridge.mappings.compiled import FieldFailure, described
 from hubbridge.mappings.model import ValueType
 
 TARGET_TYPES = {
@@ -52,10 +52,8 @@ def converter(kind: ValueType, fmt: str | None, zone: ZoneInfo, where: str) -> C
     """A function converting a present value to `kind`, raising FieldFailure when it cannot."""
 
     def cannot(value: Any, what: str) -> FieldFailure:
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        return FieldFailure(f"cannot convert {shown} to {what}", where)
+        # the rule and the kind of value, never the value: this message reaches the worker log
+        return FieldFailure(f"cannot convert {described(value)} to {what}", where)
 
     if kind is ValueType.STRING:
         def to_string(value: Any) -> str:

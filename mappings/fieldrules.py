@@ -19,7 +19,7 @@ from hubbridge.mappings.codegen import (
     not_allowed,
     too_long,
 )
-from hubbridge.mappings.compiled import FieldFailure
+from hubbridge.mappings.compiled import FieldFailure, described
 from hubbridge.mappings.convert import TARGET_TYPES, converter, is_empty, match_key
 from hubbridge.mappings.model import HUB_STATUSES, Condition, FieldSpec, MappingFile, ValueType
 from hubbridge.mappings.paths import ITEM_PREFIX, PathProblem, Shape, resolve
@@ -553,7 +553,9 @@ class FieldRuleCompiler:
             try:
                 convert(value)
             except FieldFailure as failure:
-                self.error(f"{failure.message} (this field is {kind.value})", value_loc)
+                # a constant of the mapping file, not a case value: safe, and needed, to show
+                message = failure.message.replace(described(value), repr(value), 1)
+                self.error(f"{message} (this field is {kind.value})", value_loc)
 
     def check_hub_statuses(self, rule: FieldSpec, loc: Loc) -> None:
         """Refuse fixed values and lookup entries of `inbound.status` that are not Hub statuses."""

@@ -9,19 +9,20 @@ endpoints need the API token.
 from __future__ import annotations
 
 import functools
-import hmac
 import os
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from hubbridge.config.models import ApiClient, ApiFile
 from hubbridge.connectors.base import Connector, connector_class
 from hubbridge.errors import CaseValidationError, ConnectorError, SecurityError
+from hubbridge.workflows.api_clients import case_ref_and_authority, client_for, load_api_file, token_clients
 from hubbridge.workflows.intake import accept_case
 from hubbridge.workflows.raised import raise_pending
 from hubbridge.workflows.runtime import Runtime, runtime
@@ -74,14 +75,61 @@ async def request_body(request: Request, rt: Rt) -> bytes:
 Body = Annotated[bytes, Depends(request_body)]
 
 
-async def require_token(request: Request, rt: Rt) -> None:
-    """Refuse a request without the API bearer token (503 while no token is configured)."""
-    expected = os.environ.get(rt.settings.api_token_env)
-    if not expected:
-        raise HTTPException(503, f"admin endpoints are disabled: set {rt.settings.api_token_env}")
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+def api_file(app: FastAPI) -> ApiFile:
+    """The app's `api.yaml` (clients, open docs and metrics), read once when first needed."""
+    if app.state.api_file is None:
+        app.state.api_file = load_api_file(app_runtime(app).settings.config_dir)
+    return app.state.api_file
+
+
+async def require_token(request: Request, rt: Rt) -> ApiClient:
+    """The API client whose bearer token the request carries; 401 without one, 503 while none is configured."""
+    clients = token_clients(api_file(request.app), rt.settings.api_token_env)
+    if not clients:
+        raise HTTPException(503, f"admin endpoints are disabled: set {rt.settings.api_token_env} "
+                            "or the token variables of the clients in api.yaml")
+    client = client_for(request.headers.get("authorization", ""), clients)
+    if client is None:
         raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    return client
+
+
+Client = Annotated[ApiClient, Depends(require_token)]
+
+
+def outside_scope(client: ApiClient, authority: str | None, ref: str) -> JSONResponse:
+    """The 403 for a case of a council this client does not act for."""
+    return JSONResponse(status_code=403, content={
+        "error": f"client {client.name!r} may not act for authority {authority!r}",
+        "ref": ref,
+        "hint": f"this client's token covers {', '.join(client.authorities)}; send the case with the token "
+                "of a client for that council, or add the council to this client in api.yaml",
+    })
+
+
+def scope_refusal(rt: Runtime, request: Request, body: bytes) -> JSONResponse | None:
+    """Once api.yaml lists clients, intake needs a client's token and a case of one of its councils."""
+    conf = api_file(request.app)
+    if not conf.clients:
+        return None  # the single-token setup: intake is authorised by its signature alone, as before
+    client = client_for(request.headers.get("authorization", ""), token_clients(conf, rt.settings.api_token_env))
+    if client is None:
+        INTAKE.labels("unauthorised").inc()
+        raise HTTPException(401, "a valid bearer token of an api.yaml client is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+    ref, authority = case_ref_and_authority(body)
+    if authority is None or client.serves(authority):
+        return None  # no authority to check: validation refuses the case and keeps it as a dead letter
+    from hubbridge.store import session_scope
+    from hubbridge.workflows.deadletters import dead_letter
+
+    INTAKE.labels("forbidden").inc()
+    with session_scope(rt.url) as s:
+        dead_letter(s, stage="intake", reason="authority_not_allowed",
+                    detail=f"client {client.name} may not send cases for authority {authority}",
+                    payload=body, hub_ref=ref, authority=authority)
+    log.warning("intake.authority_refused", client=client.name, authority=authority, hub_ref=ref)
+    return outside_scope(client, authority, ref or "")
 
 
 def take_case(rt: Runtime, body: bytes, enqueue: bool) -> JSONResponse:
@@ -104,8 +152,11 @@ def take_case(rt: Runtime, body: bytes, enqueue: bool) -> JSONResponse:
 
         try:
             enqueue_delivery(accepted.hub_ref)
-        except Exception as exc:  # the case is stored; reconcile will queue it
+        except Exception as exc:  # the case is stored: mark it due, so beat's next sweep publishes it
             log.warning("intake.enqueue_failed", hub_ref=accepted.hub_ref, error=str(exc)[:200])
+            from hubbridge.workflows.schedule import mark_unpublished
+
+            mark_unpublished(rt, deliver=[accepted.hub_ref])
     INTAKE.labels("duplicate" if accepted.duplicate else "accepted").inc()
     return JSONResponse(
         status_code=202,
@@ -127,18 +178,28 @@ async def intake(request: Request, rt: Rt, enqueue: Enqueue, body: Body) -> JSON
         INTAKE.labels("unsigned").inc()
         log.warning("intake.refused", reason=str(exc))
         raise HTTPException(401, str(exc)) from None
+    refusal = await run_in_threadpool(scope_refusal, rt, request, body)
+    if refusal is not None:
+        return refusal
     # storing and queueing block on PostgreSQL and RabbitMQ: in the threadpool, not on the event loop,
     # so one slow commit or publisher confirm does not hold up every other request
     return await run_in_threadpool(take_case, rt, body, enqueue)
 
 
-@router.get("/cases/{ref}", dependencies=[Depends(require_token)])
-def case_status(ref: str, rt: Rt) -> dict[str, Any]:
+@router.get("/cases/{ref}", response_model=None)
+def case_status(ref: str, rt: Rt, client: Client) -> dict[str, Any] | JSONResponse:
     from hubbridge.workflows.trail import case_trail
 
     trail = case_trail(rt.url, ref)
     if trail is None:
         raise HTTPException(404, f"no case {ref}")
+    if not client.serves(trail["authority"]):
+        # which council a case belongs to is itself that council's business: not named here
+        return JSONResponse(status_code=403, content={
+            "error": f"client {client.name!r} may not read this case: it is not for one of its councils",
+            "hint": f"this client's token covers {', '.join(client.authorities)}; ask with the token of a "
+                    "client for the case's council",
+        })
     return trail
 
 
@@ -159,8 +220,11 @@ def take_updates(rt: Runtime, connector: str, updates: list[Any], enqueue: bool)
         for ref in sorted(touched):
             try:
                 enqueue_push(ref)
-            except Exception as exc:  # the outbox row is stored; reconcile will push it
+            except Exception as exc:  # the outbox row is stored: mark it due, so beat's next sweep pushes it
                 log.warning("webhook.enqueue_failed", hub_ref=ref, error=str(exc)[:200])
+                from hubbridge.workflows.schedule import mark_unpublished
+
+                mark_unpublished(rt, push=[ref])
     WEBHOOKS.labels("accepted").inc()
     log.info("webhook.taken", connector=connector, updates=len(updates), hub_updates=len(touched))
     return JSONResponse(status_code=200, content={"received": len(updates), "cases": sorted(touched)})
@@ -217,7 +281,19 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/metrics")
+async def metrics_access(request: Request, rt: Rt) -> None:
+    """/metrics needs an API token unless api.yaml opens it (open_metrics: true)."""
+    if not api_file(request.app).open_metrics:
+        await require_token(request, rt)
+
+
+async def docs_access(request: Request) -> None:
+    """/docs, /redoc and /openapi.json are not served unless api.yaml opens them (open_docs: true)."""
+    if not api_file(request.app).open_docs:
+        raise HTTPException(404, "API docs are off: set open_docs: true in api.yaml to serve them")
+
+
+@router.get("/metrics", dependencies=[Depends(metrics_access)])
 def metrics(rt: Rt) -> PlainTextResponse:
     # the SLA gauges are set by the sweep in a worker process: this process reads them from the store
     from hubbridge.sla.metrics import scrape_registry
@@ -226,12 +302,59 @@ def metrics(rt: Rt) -> PlainTextResponse:
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 
+STORE_RETRY_AFTER_SECONDS = 10
+"""What a client is told to wait while the store is unreachable (a PostgreSQL restart takes seconds)."""
+
+
+def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 with Retry-After while the store cannot be reached, so the Hub retries; never a traceback."""
+    if not isinstance(exc, OperationalError) and not getattr(exc, "connection_invalidated", False):
+        # a statement the store refused (not an outage): a bug, but still no traceback to the client
+        log.error("api.store_error", path=request.url.path, error=type(exc).__name__)
+        return JSONResponse(status_code=500, content={"error": "internal error; the operators have been told"})
+    if request.url.path == "/cases":
+        INTAKE.labels("store_down").inc()
+    # the driver's own message (no SQL, no parameters): statements can carry case values
+    log.warning("api.store_unavailable", path=request.url.path, error=str(getattr(exc, "orig", exc))[:200])
+    return JSONResponse(
+        status_code=503,
+        headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+        content={"error": "the store is unavailable", "hint": f"nothing was taken in; retry in "
+                 f"{STORE_RETRY_AFTER_SECONDS} seconds"},
+    )
+
+
+def docs_router(api: FastAPI) -> APIRouter:
+    """/openapi.json, /docs and /redoc, served only when api.yaml opens them."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    docs = APIRouter(include_in_schema=False, dependencies=[Depends(docs_access)])
+
+    @docs.get("/openapi.json")
+    def openapi() -> JSONResponse:
+        return JSONResponse(api.openapi())
+
+    @docs.get("/docs")
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{api.title} - docs")
+
+    @docs.get("/redoc")
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{api.title} - ReDoc")
+
+    return docs
+
+
 def create_app(rt: Runtime | None = None, *, enqueue: bool = True) -> FastAPI:
     """Build the intake app; `enqueue=False` stores cases without queueing (reconcile picks them up)."""
-    api = FastAPI(title="hubbridge intake", version="0.1.0", docs_url="/docs", redoc_url=None)
+    # the docs routes are added below, behind docs_access, rather than left open by FastAPI
+    api = FastAPI(title="hubbridge intake", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
     api.state.rt = rt
     api.state.enqueue = enqueue
+    api.state.api_file = None
     api.include_router(router)
+    api.include_router(docs_router(api))
+    api.add_exception_handler(DBAPIError, store_unavailable)
     from hubbridge.workflows.console.routes import console_router  # the console pages and /track
 
     api.include_router(console_router(functools.partial(app_runtime, api)))

@@ -9,6 +9,7 @@ quorum queues' delivery limit) is drained into the same store with reason `poiso
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -61,22 +62,41 @@ def dead_letter(
     service: str | None = None,
     authority: str | None = None,
     connector: str | None = None,
+    once_per_body: bool = False,
 ) -> DeadLetterRow:
+    """Keep work that could not be done; with `once_per_body` the same raw body seen again counts on its first."""
     if isinstance(payload, bytes):
         raw = payload.decode("utf-8", "replace")
     else:
         raw = payload if isinstance(payload, str) else json.dumps(payload, default=str, sort_keys=True)
     # PostgreSQL text cannot hold NUL: a hostile body must not make its own dead letter fail to save
     hub_ref, service, authority = (_no_nul(v) for v in (hub_ref, service, authority))
+    stored = _no_nul(raw) or ""
+    digest = hashlib.sha256(stored.encode()).hexdigest() if once_per_body else None
+    if digest is not None:
+        # the same rejected body again (a client retrying, a captured request replayed) is one dead letter
+        known = session.scalars(select(DeadLetterRow).where(DeadLetterRow.body_digest == digest,
+                                                            DeadLetterRow.stage == stage).limit(1)).first()
+        if known is not None:
+            known.seen_count = (known.seen_count or 1) + 1
+            known.last_seen_at = utcnow()
+            record_event(session, known.hub_ref, "dead_letter.seen_again", dead_letter_id=known.id,
+                         seen_count=known.seen_count)
+            log.warning("dead_letter.seen_again", stage=stage, reason=reason, dead_letter_id=known.id,
+                        seen_count=known.seen_count)
+            return known
     row = DeadLetterRow(
         hub_ref=hub_ref,
         stage=stage,
         reason=reason,
         detail=_no_nul(detail[:4000]),
-        payload=_no_nul(raw),
+        payload=stored,
         service=service,
         authority=authority,
         connector=connector,
+        body_digest=digest,
+        seen_count=1,
+        last_seen_at=utcnow(),
     )
     session.add(row)
     record_event(session, hub_ref, "dead_lettered", stage=stage, reason=reason, detail=row.detail[:500])
@@ -85,7 +105,10 @@ def dead_letter(
 
 
 def _no_nul(text: str | None) -> str | None:
-    return text.replace("\x00", "\ufffd") if text else text
+    # NUL and lone surrogates (json.loads makes them from "\\ud800") cannot be stored as PostgreSQL text
+    if not text:
+        return text
+    return text.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _open() -> Any:
@@ -236,6 +259,8 @@ def _intake_problem(rt: Runtime, payload: str) -> str | None:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
         return f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    except (ValueError, RecursionError):  # a number past Python's 4,300-digit limit, absurd nesting
+        return "not valid JSON (a number too long or nesting too deep)"
     if not isinstance(data, dict):
         return "not a JSON object"
     try:

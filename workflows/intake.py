@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -31,6 +32,85 @@ log = structlog.get_logger(__name__)
 _NEW_CASE = insert(CaseRow.__table__)
 
 
+MAX_NUMBER_DIGITS = 20
+"""A number longer than this is refused: no Hub field needs one, and Python's int parser stops at 4,300 digits."""
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+"""Characters XML 1.0 cannot carry (C0 controls but tab/CR/LF, lone surrogates, U+FFFE/U+FFFF): refused."""
+
+_INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200b\u2060\ufeff]")
+"""Bidi embeddings/overrides/isolates and zero-width space, word joiner, BOM: stripped (docs/security.md)."""
+
+
+class _Refused:
+    """A JSON value the parser would not take (NaN, Infinity, an over-long number), found and named afterwards."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _constant(name: str) -> _Refused:
+    return _Refused(f"{name} is not a JSON number; send a finite number or null")
+
+
+def _integer(text: str) -> int | _Refused:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_NUMBER_DIGITS:
+        return _Refused(f"a number of {digits} digits is over the {MAX_NUMBER_DIGITS}-digit limit")
+    return int(text)
+
+
+def _real(text: str) -> float | _Refused:
+    value = float(text) if len(text) <= 64 else float("inf")
+    if value != value or value in (float("inf"), float("-inf")):
+        return _Refused(f"a number of {len(text)} characters that is not a finite double")
+    return value
+
+
+def _parse(raw: str | bytes) -> Any:
+    return json.loads(raw, parse_constant=_constant, parse_int=_integer, parse_float=_real)
+
+
+def _screen(value: Any, path: str, errors: dict[str, str], stripped: set[str]) -> Any:
+    """`value` with invisible formatting characters removed; refused values and characters noted in `errors`."""
+    if isinstance(value, _Refused):
+        errors[path or "(body)"] = value.problem
+        return None
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        errors[path or "(body)"] = "NaN or Infinity is not a JSON number; send a finite number or null"
+        return None
+    if isinstance(value, str):
+        bad = _NOT_XML.search(value)
+        if bad:
+            # the character's code point is named, never the text around it (it may be personal data)
+            errors[path or "(body)"] = (f"contains control character U+{ord(bad.group()):04X} at position "
+                                        f"{bad.start()}, which no back office (XML) can carry; remove it")
+            return value
+        if _INVISIBLE.search(value):
+            stripped.add(path or "(body)")
+            return _INVISIBLE.sub("", value)
+        return value
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _NOT_XML.search(key):
+                errors[path or "(body)"] = "a field name contains a control character; remove it"
+                continue
+            out[_INVISIBLE.sub("", key) if isinstance(key, str) else key] = _screen(item, where, errors, stripped)
+        return out
+    if isinstance(value, list):
+        return [_screen(item, f"{path}.{i}" if path else str(i), errors, stripped) for i, item in enumerate(value)]
+    return value
+
+
+def _ids(data: Any) -> dict[str, Any]:
+    """The ref/service/authority of a refused body, when they are plain strings, for the dead letter's columns."""
+    if not isinstance(data, dict):
+        return {}
+    return {k: data[k] for k in ("ref", "service", "authority") if isinstance(data.get(k), str)}
+
+
 def _field_errors(exc: ValidationError) -> dict[str, str]:
     out: dict[str, str] = {}
     for err in exc.errors(include_url=False):
@@ -48,10 +128,18 @@ class Accepted:
 def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str = "api") -> Accepted:
     """Validate, route and store one Hub case; failures are kept as dead letters and raised with every field."""
     text = raw if isinstance(raw, str | bytes) else None
+    stripped: set[str] = set()
     try:
-        data = json.loads(raw) if isinstance(raw, str | bytes) else raw
-        if not isinstance(data, dict):
+        parsed = _parse(raw) if isinstance(raw, str | bytes) else raw
+        if not isinstance(parsed, dict):
             raise CaseValidationError({"(body)": "a Hub case is a JSON object"})
+        screened: dict[str, str] = {}
+        data = _screen(parsed, "", screened, stripped)
+        if screened:
+            ids = _ids(data)
+            err = CaseValidationError(screened, ref=ids.get("ref"))
+            _keep_rejected(rt, err, text if text is not None else parsed, ids, reason="invalid_case", channel=channel)
+            raise err
         case = HubCase.model_validate(data)
         route = rt.config.route(case.authority, case.service)
     except json.JSONDecodeError as exc:
@@ -76,12 +164,17 @@ def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str 
         _keep_rejected(rt, err, text if text is not None else data, data, reason="unroutable", channel=channel)
         raise err from None
     except CaseValidationError as err:
-        _keep_rejected(rt, err, text if text is not None else data, None, reason="invalid_case", channel=channel)
+        if err.fields.get("(body)") == "a Hub case is a JSON object":
+            _keep_rejected(rt, err, text if text is not None else parsed, None, reason="invalid_case",
+                           channel=channel)
         raise
 
     now = utcnow()
     with session_scope(rt.url) as s:
-        record_event(s, case.ref, "received", channel=channel)
+        if stripped:
+            record_event(s, case.ref, "received", channel=channel, invisible_stripped=sorted(stripped))
+        else:
+            record_event(s, case.ref, "received", channel=channel)
         record_event(
             s,
             case.ref,
@@ -134,4 +227,5 @@ def _keep_rejected(
             hub_ref=data.get("ref") if isinstance(data.get("ref"), str) else None,
             service=data.get("service") if isinstance(data.get("service"), str) else None,
             authority=data.get("authority") if isinstance(data.get("authority"), str) else None,
+            once_per_body=True,  # a captured request replayed must not fill the dead letters
         )

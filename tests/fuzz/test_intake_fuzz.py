@@ -1,8 +1,14 @@
-"""Fuzzing POST /cases on a real app and SQLite store: a clear 4xx or 202, never a 500, nothing lost."""
+"""Fuzzing POST /cases on a real app, on SQLite and PostgreSQL: a case, or a specific 4xx kept as a dead letter.
+
+The rule: a request reaching intake becomes a case, or is refused with a specific 4xx and kept as a dead letter,
+or (the store down) is answered 503 with Retry-After. Never a 5xx with no record.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,18 +42,35 @@ json_values = st.recursive(
 )
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each fuzz test runs on a private SQLite file and on a private PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fuzz.sqlite'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def client(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> TestClient:
-    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", sqlite_url)
+def sqlite_url(store_url: str) -> str:  # the tests below name it so; it is whichever store is under test
+    return store_url
+
+
+@pytest.fixture
+def client(store_url: str, monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    from hubbridge.store import migrate
+
+    migrate(store_url)
+    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", store_url)
     monkeypatch.setenv("HUBBRIDGE_INTAKE_SECRET", SECRET)
     get_settings.cache_clear()
     return TestClient(create_app(Runtime(), enqueue=False), raise_server_exceptions=False)
 
 
 def counts(url: str) -> tuple[int, int]:
+    """Cases held, and rejected requests seen (a body seen again counts on its first dead letter)."""
     with session_scope(url) as s:
         return (int(s.scalar(select(func.count()).select_from(CaseRow)) or 0),
-                int(s.scalar(select(func.count()).select_from(DeadLetterRow)) or 0))
+                int(s.scalar(select(func.coalesce(func.sum(DeadLetterRow.seen_count), 0))) or 0))
 
 
 def check(client: TestClient, url: str, body: bytes) -> int:
@@ -65,6 +88,7 @@ def check(client: TestClient, url: str, body: bytes) -> int:
         detail = resp.json()
         assert detail["error"] == "invalid Hub case" and detail["fields"], detail
         assert after_dead == dead + 1, "a rejected case must be kept as a dead letter"
+        assert after_cases == cases
     else:
         assert "limit" in resp.json()["detail"]
     return resp.status_code
@@ -134,3 +158,34 @@ def test_nul_characters_are_kept_as_a_dead_letter_on_postgresql(pg_url: str, mon
     with session_scope(pg_url) as s:
         kept = s.scalars(select(DeadLetterRow.payload)).all()
     assert len(kept) == 2 and all("\x00" not in p for p in kept)
+
+
+@pytest.fixture
+def down_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, str, str]]:
+    """An app on a private PostgreSQL database closed to connections, as during a restart."""
+    from tests.workflows.test_intake_safety import bring_up, closable_database, take_down
+
+    with closable_database() as (url, name):
+        monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", url)
+        monkeypatch.setenv("HUBBRIDGE_INTAKE_SECRET", SECRET)
+        get_settings.cache_clear()
+        client = TestClient(create_app(Runtime(), enqueue=False), raise_server_exceptions=False)
+        take_down(name)
+        try:
+            yield client, url, name
+        finally:
+            bring_up(name)
+
+
+@pytest.mark.services
+@FUZZ
+@given(body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()),
+       serial=st.integers(1, 999_999))
+def test_store_down_is_503_with_retry_after_for_any_body(down_client: tuple[TestClient, str, str], body: bytes,
+                                                        serial: int) -> None:
+    client = down_client[0]
+    for sent in (body, json.dumps({**TEMPLATE, "ref": f"WH-2026-{serial:06d}"}).encode()):
+        resp = client.post("/cases", content=sent, headers={"Content-Type": "application/json",
+                                                           **sign(sent, SECRET)})
+        assert resp.status_code == 503, (resp.status_code, resp.text[:300])
+        assert int(resp.headers["Retry-After"]) > 0 and "Traceback" not in resp.text

@@ -85,8 +85,10 @@ def test_the_api_metrics_endpoint_serves_the_stores_sla_gauges(
                   datetime.now(UTC) - timedelta(minutes=100))
         s.commit()
     monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", url)
+    monkeypatch.setenv("HUBBRIDGE_API_TOKEN", "metrics-token")  # /metrics is not open to the world by default
     get_settings.cache_clear()
-    body = TestClient(create_app(Runtime(), enqueue=False)).get("/metrics").text
+    body = TestClient(create_app(Runtime(), enqueue=False)).get(
+        "/metrics", headers={"Authorization": "Bearer metrics-token"}).text
     assert 'hubbridge_sla_clocks_breached{authority="wychavon",service="highways.dangerous-defect"} 1.0' in body
     engine_for(url).dispose()
 

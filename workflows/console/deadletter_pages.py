@@ -38,8 +38,9 @@ def connector_health(rt: Any, user: ConsoleUser) -> list[dict[str, Any]]:
         health = {h.connector: h for h in s.scalars(select(ConnectorHealthRow))}
         cursors = {c.connector: c for c in s.scalars(select(SyncCursorRow))}
     for name, inst in sorted(rt.config.connectors.items()):
-        services = sorted({r.service for r in rt.config.routes_for_connector(name)})
-        if user.role is Role.SERVICE and not any(user.sees(svc) for svc in services):
+        routes = rt.config.routes_for_connector(name)
+        services = sorted({r.service for r in routes if user.sees_case(r.service, r.authority)})
+        if user.role is Role.SERVICE and not services:
             continue
         h = health.get(name)
         calls = (h.successes or 0) + (h.failures or 0) if h else 0
@@ -49,7 +50,8 @@ def connector_health(rt: Any, user: ConsoleUser) -> list[dict[str, Any]]:
             "last_success": h.last_success_at if h else None, "last_failure": h.last_failure_at if h else None,
             "error_rate": round(100.0 * (h.failures or 0) / calls, 1) if h and calls else None,
             "calls": calls, "consecutive": h.consecutive_failures if h else 0,
-            "last_error": (h.last_error or "")[:240] if h else "",
+            # a back office's error text can quote any council's case: operators only
+            "last_error": (h.last_error or "")[:240] if h and user.role is not Role.SERVICE else "",
             "polled": cursors[name].polled_at if name in cursors else None,
         })
     return out
@@ -65,9 +67,9 @@ def queues(page: ConsolePage, user: SignedIn, rt: Runtime, service: str | None =
     service, authority, reason = service or None, authority or None, reason or None
     with session_scope(rt.url) as s:
         dead = [d for d in deadletters.list_dead(s, service=service, authority=authority, reason=reason)
-                if user.sees(d.service)]
+                if user.sees_case(d.service, d.authority)]
         if user.role is Role.SERVICE:
-            mine = [d for d in deadletters.list_dead(s, limit=10_000) if user.sees(d.service)]
+            mine = [d for d in deadletters.list_dead(s, limit=10_000) if user.sees_case(d.service, d.authority)]
             reasons: dict[str, int] = {}
             for d in mine:
                 reasons[d.reason] = reasons.get(d.reason, 0) + 1
@@ -78,7 +80,7 @@ def queues(page: ConsolePage, user: SignedIn, rt: Runtime, service: str | None =
     services = sorted(k for k in rt.config.services if user.sees(k))
     return page.render("queues.html", depths=depths, connectors=connector_health(rt, user),
                        dead=dead_rows, reasons=reasons, services=services,
-                       authorities=sorted(rt.config.authorities),
+                       authorities=sorted(a for a in rt.config.authorities if user.sees_authority(a)),
                        chosen={"service": service or "", "authority": authority or "", "reason": reason or ""})
 
 
@@ -92,7 +94,7 @@ def dead_letter_for(rt: Any, user: ConsoleUser, dead_id: int) -> dict[str, Any]:
             row = deadletters.get_dead(s, dead_id)
         except DeadLetterNotFound:
             row = None
-        if row is None or not user.sees(row.service):
+        if row is None or not user.sees_case(row.service, row.authority):
             raise Refusal(404, "No such dead letter", f"There is no dead letter {dead_id}.")
         return deadletters.as_dict(row)
 
@@ -105,6 +107,12 @@ def confirm(request: Request, page: ConsolePage, rt: Runtime, dead_id: int, acti
     # the roles depend on the action, so they are checked here rather than by a dependency
     user = need(page.visit, request, *(REPLAY_ROLES if action == "replay" else DISCARD_ROLES))
     dead = dead_letter_for(rt, user, dead_id)
+    if dead.get("hub_ref"):
+        from hubbridge.store import session_scope
+        from hubbridge.workflows.console.case_views import record_case_view
+
+        with session_scope(rt.url) as s:
+            record_case_view(s, user.name, dead["hub_ref"], user.role.value, page="dead-letter")
     return page.render("confirm.html", dead=dead, action=action, error=None)
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from hubbridge.case import LONDON
+from hubbridge.workflows.console.case_views import record_case_view
 from hubbridge.workflows.console.passwords import dummy_hash, verify_password
 from hubbridge.workflows.console.sessions import Session, hash_fingerprint
 from hubbridge.workflows.console.views import STATIC_DIR, STATIC_FILES, ChartDay, chart_geometry
@@ -74,8 +75,11 @@ def login(request: Request, page: ConsolePage, console: AppConsole, name: Annota
     v = page.visit
     assert v is not None
     failures = console.limiter("login", v.settings.login_attempts, LOGIN_WINDOW_SECONDS)
+    # per name too: guessing one user's password from many addresses is held up as well
+    per_user = console.limiter("login-user", v.settings.login_attempts_per_user, LOGIN_WINDOW_SECONDS)
     address = client_address(request)
-    wait = failures.blocked(address)
+    user_key = name.strip().lower()[:64]
+    wait = failures.blocked(address) or per_user.blocked(user_key)
     if wait is not None:
         resp = page.render("login.html", status=429, next=safe_next(next),
                            error=f"Too many failed attempts. Try again in {int(wait // 60) + 1} minutes.")
@@ -87,6 +91,7 @@ def login(request: Request, page: ConsolePage, console: AppConsole, name: Annota
     matched = verify_password(password, stored or dummy_hash())
     if user is None or stored is None or not matched:
         failures.hit(address)
+        per_user.hit(user_key)
         log.warning("console.login_failed", user=name[:64], client=address)
         return page.render("login.html", status=401, next=safe_next(next),
                            error="That name and password do not match a console user.")
@@ -117,11 +122,12 @@ def cases(page: ConsolePage, user: SignedIn, rt: Runtime, ref: str | None = None
     from hubbridge.workflows.trail import case_trail
 
     trail = case_trail(rt.url, ref[:128])
-    if trail is None or not user.sees(trail["service"]):
-        # a case outside the user's services looks exactly like one that does not exist
+    if trail is None or not user.sees_case(trail["service"], trail["authority"]):
+        # a case outside the user's services or councils looks exactly like one that does not exist
         return page.render("cases.html", status=404, ref=ref, trail=None, clocks=[], not_found=True)
     with session_scope(rt.url) as s:
         clocks = rt.sla.show(s, trail["ref"], datetime.now(UTC))
+        record_case_view(s, user.name, trail["ref"], user.role.value)
     return page.render("cases.html", ref=ref, trail=trail, clocks=clocks, not_found=False)
 
 
@@ -167,17 +173,17 @@ def sla(page: ConsolePage, user: SignedIn, rt: Runtime, start: str | None = None
     with session_scope(rt.url) as s:
         # the same report, with the same definitions, as `hubbridge sla report`
         rows = [r for r in build_report(s, first, last, ("service", "authority"), now=now)
-                if user.sees(r.group["service"])]
+                if user.sees_case(r.group["service"], r.group["authority"])]
         days: list[ChartDay] = []
         if (last - first).days < MAX_CHART_DAYS:
             day = first
             while day <= last:
-                per = [r for r in build_report(s, day, day, ("service", "policy"), now=now)
-                       if user.sees(r.group["service"])]
+                per = [r for r in build_report(s, day, day, ("service", "authority", "policy"), now=now)
+                       if user.sees_case(r.group["service"], r.group["authority"])]
                 # cases: every case of a policy has each of its clocks, so the busiest clock counts them
-                groups: dict[tuple[str, str], int] = {}
+                groups: dict[tuple[str, str, str], int] = {}
                 for r in per:
-                    key = (r.group["service"], r.group["policy"])
+                    key = (r.group["service"], r.group["authority"], r.group["policy"])
                     groups[key] = max(groups.get(key, 0), r.volume)
                 days.append(ChartDay(day, sum(groups.values()), sum(r.breached for r in per)))
                 day += timedelta(days=1)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from hubbridge.workflows.console import deadletter_pages, pages, track
+from hubbridge.workflows.console import deadletter_pages, pages, privacy_page, track
 from hubbridge.workflows.console.track import track_case
 from hubbridge.workflows.console.visits import Console
 
@@ -25,5 +25,6 @@ def console_router(runtime: Callable[[], Any]) -> APIRouter:
     router = APIRouter(include_in_schema=False, dependencies=[Depends(console.attach)])
     router.include_router(pages.router)
     router.include_router(deadletter_pages.router)
+    router.include_router(privacy_page.router)  # operators and admins only: counts across every council
     router.include_router(track.router)
     return router

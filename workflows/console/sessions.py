@@ -2,7 +2,8 @@
 
 A session is a small JSON document in an HttpOnly cookie, signed with HMAC-SHA256 under the key in the
 environment: who is logged in (or nobody yet), the CSRF token every form posts back, when it was issued,
-and a fingerprint of the user's password hash, so changing a password ends that user's sessions.
+and a fingerprint of the user's password hash, so changing a password ends that user's sessions. Logging out
+revokes the session in the store (`console_revoked_sessions`), so a cookie copied before logout is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from hubbridge.store import RevokedSessionRow, session_scope, utcnow
 
 COOKIE_NAME = "hubbridge_console"
 SIGNING_CONTEXT = b"hubbridge-console-session-v1."
@@ -55,6 +62,34 @@ class Session:
 
     def csrf_matches(self, given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(self.csrf.encode(), str(given).encode())
+
+
+def session_digest(session: Session) -> str:
+    """The session's identity in the store: a digest of its CSRF token (random per login) and issue time."""
+    return hashlib.sha256(f"{session.csrf}|{session.issued:.3f}".encode()).hexdigest()
+
+
+def revoke_session(url: str, session: Session, max_age_seconds: float) -> None:
+    """End a logged-in session for good: its cookie is refused from now until it would have expired anyway."""
+    if session.user is None:
+        return
+    expires = datetime.fromtimestamp(session.issued, UTC) + timedelta(seconds=max_age_seconds)
+    try:
+        with session_scope(url) as s:
+            # revocations past their cookie's expiry protect nothing: dropped here, so the table stays small
+            s.execute(delete(RevokedSessionRow).where(RevokedSessionRow.expires_at < utcnow()))
+            s.add(RevokedSessionRow(session_digest=session_digest(session), user=session.user[:64],
+                                    revoked_at=utcnow(), expires_at=expires))
+    except IntegrityError:  # logged out twice (two tabs): already revoked
+        pass
+
+
+def is_revoked(url: str, session: Session) -> bool:
+    """Whether this session was ended by a logout."""
+    with session_scope(url) as s:
+        digest = session_digest(session)
+        return s.scalar(select(RevokedSessionRow.session_digest).where(
+            RevokedSessionRow.session_digest == digest)) is not None
 
 
 class SessionCodec:

@@ -27,6 +27,11 @@ ServicePattern = Annotated[
     StringConstraints(pattern=r"^[a-z][a-z0-9-]*(\.[a-z0-9*][a-z0-9*-]*)*$", max_length=80),
     Field(description="A service key (refuse.missed-collection) or a pattern over keys (refuse.*)"),
 ]
+AuthorityPattern = Annotated[
+    str,
+    StringConstraints(pattern=r"^([a-z][a-z0-9-]*|\*)$", max_length=80),
+    Field(description="An authority code (worcester), or * for every council"),
+]
 
 
 class Role(StrEnum):
@@ -47,6 +52,9 @@ class ConsoleUser(_Strict):
     name: UserName
     role: Role
     services: list[ServicePattern] = Field(default_factory=list, description="Only for role: service")
+    authorities: list[AuthorityPattern] = Field(
+        default_factory=list, description="Only for role: service: the councils whose cases this user sees"
+    )
     password_hash_env: EnvName | None = Field(None, description="Environment variable holding the password hash")
     password_hash: Annotated[str, StringConstraints(pattern=HASH_PATTERN)] | None = Field(
         None, description="The password hash itself (scrypt$...); never a plain password"
@@ -58,8 +66,13 @@ class ConsoleUser(_Strict):
             raise ValueError("give exactly one of password_hash_env (a variable name) or password_hash (scrypt$...)")
         if self.role is Role.SERVICE and not self.services:
             raise ValueError("a service-area user needs a services list, e.g. [refuse.*]")
+        if self.role is Role.SERVICE and not self.authorities:
+            # each council is its own data controller: a service-area user is one council's, unless said otherwise
+            raise ValueError("a service-area user needs an authorities list, e.g. [worcester] (or ['*'] for all)")
         if self.role is not Role.SERVICE and self.services:
             raise ValueError(f"a {self.role.value} sees every service; services is only for role: service")
+        if self.role is not Role.SERVICE and self.authorities:
+            raise ValueError(f"a {self.role.value} sees every council; authorities is only for role: service")
         return self
 
     def sees(self, service: str | None) -> bool:
@@ -67,6 +80,16 @@ class ConsoleUser(_Strict):
         if self.role is not Role.SERVICE:
             return True
         return service is not None and any(fnmatch.fnmatchcase(service, p) for p in self.services)
+
+    def sees_authority(self, authority: str | None) -> bool:
+        """Whether this user may see records of council `authority` (service-area users: only theirs)."""
+        if self.role is not Role.SERVICE:
+            return True
+        return authority is not None and any(a == "*" or a == authority for a in self.authorities)
+
+    def sees_case(self, service: str | None, authority: str | None) -> bool:
+        """Whether this user may see a case or record of `service` for council `authority`."""
+        return self.sees(service) and self.sees_authority(authority)
 
     def stored_hash(self) -> str | None:
         """The password hash from the environment or the file; None when the variable is unset."""
@@ -97,6 +120,9 @@ class ConsoleSettings(_Strict):
     same_site: Literal["lax", "strict"] = "lax"
     login_attempts: Annotated[int, Field(ge=1, le=1000)] = Field(
         10, description="Failed logins allowed per client address per 10 minutes"
+    )
+    login_attempts_per_user: Annotated[int, Field(ge=1, le=1000)] = Field(
+        10, description="Failed logins allowed per user name per 10 minutes, from any address"
     )
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     users: list[ConsoleUser] = Field(default_factory=list)

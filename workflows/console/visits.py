@@ -25,6 +25,8 @@ from hubbridge.workflows.console.sessions import (
     Session,
     SessionCodec,
     hash_fingerprint,
+    is_revoked,
+    revoke_session,
 )
 from hubbridge.workflows.console.settings import ConsoleSettings, ConsoleUser, Role, load_console_settings
 from hubbridge.workflows.console.views import SECURITY_HEADERS, TEMPLATES
@@ -105,8 +107,12 @@ class Visit:
     user: ConsoleUser | None
     fresh: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    store_url: str | None = None
 
     def replace_session(self, session: Session) -> None:
+        """Give the browser a new session; a logged-in one it replaces (logout, login again) is revoked."""
+        if self.session.user is not None and self.store_url is not None and session.csrf != self.session.csrf:
+            revoke_session(self.store_url, self.session, self.codec.max_age)
         self.session, self.fresh = session, True
 
 
@@ -120,14 +126,16 @@ def read_visit(console: Console, request: Request) -> Visit:
                       f"{MIN_SECRET_CHARS} characters to switch the console on.")
     codec = SessionCodec(secret, conf.session_hours * 3600)
     session = codec.loads(request.cookies.get(COOKIE_NAME))
-    v = Visit(conf, codec, session or Session.anonymous(), None, fresh=session is None)
+    url = console.runtime().url
+    v = Visit(conf, codec, session or Session.anonymous(), None, fresh=session is None, store_url=url)
     if v.session.user:
         user = conf.user(v.session.user)
         stored = user.stored_hash() if user else None
-        if user is not None and stored and v.session.fingerprint == hash_fingerprint(stored):
+        if user is not None and stored and v.session.fingerprint == hash_fingerprint(stored) \
+                and not is_revoked(url, v.session):
             v.user = user
-        else:  # user removed, password changed or hash variable unset: the session ends
-            v.replace_session(Session.anonymous())
+        else:  # user removed, password changed, hash variable unset or logged out: the session ends
+            v.session, v.fresh = Session.anonymous(), True
     return v
 
 

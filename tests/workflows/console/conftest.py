@@ -22,7 +22,7 @@ _serials = itertools.count(500_001, 1000)
 
 
 def write_console_yaml(config_dir: Path, *, extra: str = "", tracking_attempts: int = 10) -> dict[str, str]:
-    """Users olive (operator, hash in a variable), ada (admin, hash inline) and rufus (missed bins only)."""
+    """Users olive (operator, hash in a variable), ada (admin, hash inline) and rufus (missed bins, every council)."""
     hashes = {name: hash_password(pw, log2_n=12) for name, pw in PASSWORDS.items()}
     (config_dir / "console.yaml").write_text(
         f"""session_secret_env: TEST_CONSOLE_SECRET
@@ -33,7 +33,8 @@ tracking: {{attempts: {tracking_attempts}, window_seconds: 600}}
 users:
   - {{name: olive, role: operator, password_hash_env: TEST_OLIVE_HASH}}
   - {{name: ada, role: admin, password_hash: "{hashes['ada']}"}}
-  - {{name: rufus, role: service, services: [refuse.missed-collection], password_hash_env: TEST_RUFUS_HASH}}
+  - {{name: rufus, role: service, services: [refuse.missed-collection], authorities: ['*'],
+      password_hash_env: TEST_RUFUS_HASH}}
 {extra}"""
     )
     return hashes

@@ -251,7 +251,7 @@ def test_service_user_sees_their_dead_letters_read_only(app: Any, rig: Rig) -> N
 
 def test_service_patterns_and_roles_in_console_yaml(rig: Rig, tmp_path: Path) -> None:
     write_console_yaml(tmp_path, extra="  - {name: bins, role: service, services: ['refuse.*'], "
-                                       "password_hash_env: BINS_HASH}\n")
+                                       "authorities: [worcester], password_hash_env: BINS_HASH}\n")
     conf = load_console_settings(tmp_path)
     bins, rufus, olive = conf.user("bins"), conf.user("rufus"), conf.user("olive")
     assert bins and rufus and olive
