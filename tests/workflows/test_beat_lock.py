@@ -16,6 +16,22 @@ from hubbridge.workflows.beatlock import BeatLock
 from tests.conftest import PG_ADMIN_URL
 
 
+def _holder(url: str, data_dir: Path) -> subprocess.Popen[str]:
+    """Another process holding the beat lock of `url` until it is killed; it prints `held` once it does."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from pathlib import Path
+            from hubbridge.workflows.beatlock import BeatLock
+            lock = BeatLock({url!r}, Path({str(data_dir)!r}))
+            assert lock.try_acquire()
+            print("held", flush=True)
+            time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
 def test_only_one_beat_holds_the_postgres_lock_until_it_lets_go(pg_url: str, tmp_path: Path) -> None:
     first, second = BeatLock(pg_url, tmp_path / "a"), BeatLock(pg_url, tmp_path / "b")
     assert first.try_acquire()
@@ -29,18 +45,7 @@ def test_only_one_beat_holds_the_postgres_lock_until_it_lets_go(pg_url: str, tmp
 
 
 def test_a_killed_holder_frees_the_postgres_lock(pg_url: str, tmp_path: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import sys, time
-            from pathlib import Path
-            from hubbridge.workflows.beatlock import BeatLock
-            lock = BeatLock({pg_url!r}, Path({str(tmp_path)!r}))
-            assert lock.try_acquire()
-            print("held", flush=True)
-            time.sleep(600)
-        """)],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = _holder(pg_url, tmp_path)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         standby = BeatLock(pg_url, tmp_path)
@@ -86,18 +91,7 @@ def test_a_dropped_session_is_taken_back_unless_another_beat_got_there_first(pg_
 
 def test_the_sqlite_default_locks_a_file_beside_the_store(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hubbridge.sqlite'}"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import time
-            from pathlib import Path
-            from hubbridge.workflows.beatlock import BeatLock
-            lock = BeatLock({url!r}, Path({str(tmp_path)!r}))
-            assert lock.try_acquire()
-            print("held", flush=True)
-            time.sleep(600)
-        """)],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = _holder(url, tmp_path)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         standby = BeatLock(url, tmp_path)
