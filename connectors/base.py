@@ -10,6 +10,7 @@ from datetime import datetime
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from hubbridge.case import FollowUpKind
 from hubbridge.errors import ConfigError, NotSupported
 
 if TYPE_CHECKING:
@@ -70,6 +71,47 @@ class UpdatePage:
 
 
 @dataclass(frozen=True)
+class Document:
+    """A file sent with an evidence follow-up: its bytes (when the Hub sent them) and/or where it can be fetched."""
+
+    filename: str
+    content_type: str
+    content: bytes | None = field(default=None, repr=False)
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """One follow-up on its way to the back-office job of a delivered case.
+
+    `key` (`hub_ref/sequence`) is unique per follow-up: a connector puts it where `find_follow_up` can see it
+    again (a note's text, the back office's own reference field), so a lost answer never makes a second note.
+    `text` is what the service area reads, already worded; `fields` are what the mapping's `followups:` section
+    built, for connectors whose requests take more than text (e.g. a document's name, a `media_url`).
+    """
+
+    hub_ref: str
+    backoffice_ref: str
+    key: str
+    kind: FollowUpKind
+    text: str
+    occurred_at: datetime
+    priority: str | None = None
+    documents: tuple[Document, ...] = ()
+    fields: dict[str, Any] = field(default_factory=dict)
+    known_new: bool = False
+    """True when no earlier attempt can have reached the back office, so nothing need be looked up first."""
+
+
+@dataclass(frozen=True)
+class FollowUpResult:
+    """What the back office said when it took a follow-up: its own id for it (note, document, update), if any."""
+
+    backoffice_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TargetField:
     """A field the back office accepts, so mappings can be checked before a case is sent."""
 
@@ -96,6 +138,9 @@ class Connector(ABC):
     """True when the back office pushes signed change notifications that `parse_webhook` reads."""
     supports_raised_details: ClassVar[bool] = False
     """True when `raised_details` fills in Hub-case fields for jobs raised directly in the back office."""
+    followup_kinds: ClassVar[frozenset[FollowUpKind]] = frozenset()
+    """The follow-up kinds the back office has a real operation for; the route's config says what becomes of
+    the others (sent as a note, e-mailed to the service area, or dead-lettered for an operator)."""
 
     def __init__(self, instance: ConnectorInstance, env: Mapping[str, str] | None = None) -> None:
         self.instance = instance
@@ -151,6 +196,18 @@ class Connector(ABC):
     def add_note(self, backoffice_ref: str, note: str) -> None:
         """Add a note to the back-office job; only when `supports_notes`."""
         raise NotSupported(f"{self.plugin} does not support notes", instance=self.name)
+
+    def follow_up(self, followup: FollowUp) -> FollowUpResult:
+        """Send one follow-up to the job through the back office's own operation for its kind.
+
+        Raises `NotSupported` for a kind not in `followup_kinds`; the `ConnectorError` classes as `create` does.
+        """
+        raise NotSupported(f"{self.plugin} takes no {followup.kind.value} follow-ups", instance=self.name)
+
+    def find_follow_up(self, followup: FollowUp) -> FollowUpResult | None:
+        """After an unknown outcome: the back office's record of this follow-up (by its `key`), or None if it
+        never landed; raise `OutcomeUnknown` when the back office cannot tell."""
+        raise NotSupported(f"{self.plugin} takes no {followup.kind.value} follow-ups", instance=self.name)
 
     @classmethod
     def parse_webhook(

@@ -158,6 +158,18 @@ class JobStore:
         with self._lock:
             return list(self._by_hub_ref.get((tenant, hub_ref), ()))
 
+    def record_followup(self, job: Job, kind: str, text: str, documents: Sequence[str] = (), **extra: Any) -> dict:
+        """Note, in the job's own records, one follow-up operation the back office carried out (a note made, a
+        status set by the client, a document stored): what tests and the demo count, never what the client says.
+
+        `kind` is the Hub follow-up kind the operation stands for (note, cancel, evidence, ...).
+        """
+        with self._lock:
+            record = {"kind": kind, "text": text, "documents": list(documents), "at": self.clock().isoformat(),
+                      **extra}
+            job.data.setdefault("followups", []).append(record)
+            return record
+
     def tenant_jobs(self, tenant: str) -> list[Job]:
         """The tenant's jobs, oldest first."""
         with self._lock:
@@ -370,6 +382,16 @@ class Simulator:
     def advance(self, tenant: str | None = None) -> int:
         """Move every open job (of one tenant, or all) one step along its lifecycle; returns how many moved."""
         return self._jobs().advance(tenant)
+
+    def followups_for(self, backoffice_ref: str, tenant: str) -> list[dict[str, Any]]:
+        """The follow-up operations the back office carried out on one job, in the order it took them (its own
+        records, as `JobStore.record_followup` noted them): each {kind, text, documents, at, ...}."""
+        store = self._jobs()
+        job = store.by_ref(tenant, backoffice_ref)
+        if job is None:
+            return []
+        with store._lock:
+            return [dict(r) for r in job.data.get("followups", ())]
 
     # -- per-protocol hooks --------------------------------------------------------------------
     def handle(self, request: Request) -> Response:

@@ -149,3 +149,78 @@ class CaseUpdate(_Model):
     resolution: Text | None = None
     source: ShortText | None = None
     occurred_at: AwareDatetime
+
+
+class FollowUpKind(StrEnum):
+    """What the Hub tells a back office about a case it already has."""
+
+    AMENDMENT = "amendment"
+    """Corrected or added details (a re-posted case whose content changed becomes one)."""
+    NOTE = "note"
+    EVIDENCE = "evidence"
+    """Customer evidence: photos, documents."""
+    PRIORITY = "priority"
+    CANCEL = "cancel"
+    """The customer withdrew the request."""
+    REOPEN = "reopen"
+
+
+FOLLOWUP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+EVIDENCE_TYPES = (
+    "image/jpeg", "image/png", "image/gif", "image/heic", "image/webp", "application/pdf", "text/plain",
+)
+"""Evidence content types taken by default (settings `evidence_types` may narrow or widen them)."""
+
+
+class EvidenceFile(_Model):
+    """A photo or document the customer sent: its bytes (base64) and/or a URL where the Hub keeps it."""
+
+    filename: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
+                                               pattern=r"^[^/\\\x00-\x1f]+$")]
+    content_type: Annotated[str, StringConstraints(pattern=r"^[a-z]+/[a-zA-Z0-9.+-]+$")]
+    content: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/\r\n]*={0,2}$")] | None = Field(
+        None, description="The file, base64-encoded", repr=False)
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2000)] | None = None
+
+    @model_validator(mode="after")
+    def _some_source(self) -> EvidenceFile:
+        if self.content is None and self.url is None:
+            raise ValueError("an evidence file needs its content (base64) or a url")
+        return self
+
+
+class HubFollowUp(_Model):
+    """Something the Hub tells the back office after the case was raised: one model for every kind.
+
+    `id` is the Hub's own id for the event: the same id posted twice is one follow-up.
+    """
+
+    id: Annotated[str, StringConstraints(pattern=FOLLOWUP_ID_PATTERN)] | None = None
+    ref: Annotated[str, StringConstraints(pattern=HUB_REF_PATTERN)]
+    kind: FollowUpKind
+    note: Text | None = None
+    priority: Priority | None = None
+    changes: dict[str, Any] | None = Field(
+        None, description="For an amendment: the case fields that changed, with their new values")
+    attachments: Annotated[list[EvidenceFile], Field(max_length=10)] = Field(default_factory=list)
+    author: ShortText | None = None
+    occurred_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> HubFollowUp:
+        k = self.kind
+        if k == FollowUpKind.PRIORITY and self.priority is None:
+            raise ValueError("a priority follow-up needs 'priority'")
+        if k == FollowUpKind.EVIDENCE and not self.attachments:
+            raise ValueError("an evidence follow-up needs at least one file in 'attachments'")
+        if k == FollowUpKind.AMENDMENT and not self.changes:
+            raise ValueError("an amendment needs 'changes': the case fields that changed")
+        if k == FollowUpKind.NOTE and not self.note:
+            raise ValueError("a note follow-up needs 'note'")
+        if k != FollowUpKind.EVIDENCE and self.attachments:
+            raise ValueError("only an evidence follow-up carries attachments")
+        return self
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
