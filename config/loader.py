@@ -10,6 +10,7 @@ from hubbridge.config.models import (
     Authority,
     ConnectorInstance,
     ConnectorsFile,
+    FollowUps,
     HubEndpoint,
     Route,
     RoutesFile,
@@ -33,6 +34,8 @@ class ResolvedRoute:
     mapping_path: Path
     sla_policy: str
     escalation: str | None
+    followups: FollowUps = field(default_factory=lambda: FollowUps())
+    """The instance's follow-up settings with the route's own on top."""
 
 
 @dataclass
@@ -123,6 +126,7 @@ def load_config(config_dir: Path | str | None = None, settings: Settings | None 
                 mapping_path=(mdir / route.mapping),
                 sla_policy=route.sla_policy or route.service,
                 escalation=route.escalation,
+                followups=cfile.connectors[route.connector].followups.merged(route.followups),
             )
     if errors:
         raise ConfigErrors(errors)

@@ -13,9 +13,10 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
-from hubbridge.case import SERVICE_KEY_PATTERN
+from hubbridge.case import SERVICE_KEY_PATTERN, FollowUpKind
 
 EnvName = Annotated[
     str,
@@ -76,6 +77,41 @@ class CircuitBreaker(Strict):
     reset_seconds: Annotated[float, Field(gt=0)] = 30.0
 
 
+class FollowUpAction(StrEnum):
+    """What becomes of a follow-up kind the back office has no operation for."""
+
+    NOTE = "note"
+    """Sent as a note on the job (the back office takes notes)."""
+    EMAIL = "email"
+    """E-mailed to the service area's inbox."""
+    DEAD_LETTER = "dead_letter"
+    """Kept as a dead letter for an operator to pass on by hand."""
+
+
+class FollowUps(Strict):
+    """Where follow-ups go when the back office has no operation for their kind."""
+
+    inbox: Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = Field(
+        None, description="The service area's e-mail inbox, for kinds whose action is `email`")
+    otherwise: dict[FollowUpKind, FollowUpAction] = Field(
+        default_factory=dict,
+        description="Kind -> action, for kinds the back office has no operation for; unlisted kinds are "
+        "dead-lettered with that reason",
+    )
+
+    @model_validator(mode="after")
+    def _inbox_for_email(self) -> FollowUps:
+        if FollowUpAction.EMAIL in self.otherwise.values() and self.inbox is None:
+            raise ValueError("an `email` action needs `inbox`: the service area's address")
+        return self
+
+    def merged(self, override: FollowUps | None) -> FollowUps:
+        """These defaults with a route's own settings on top."""
+        if override is None:
+            return self
+        return FollowUps(inbox=override.inbox or self.inbox, otherwise={**self.otherwise, **override.otherwise})
+
+
 class ConnectorInstance(Strict):
     """One back office reachable through one plugin; several routes may share it."""
 
@@ -97,6 +133,9 @@ class ConnectorInstance(Strict):
         "interval, so instances do not all poll at once",
     )
     webhook_secret_env: EnvName | None = Field(None, description="HMAC secret for pushed updates")
+    followups: FollowUps = Field(
+        default_factory=lambda: FollowUps(),
+        description="What becomes of follow-up kinds this back office has no operation for (routes may override)")
 
     @field_validator("options")
     @classmethod
@@ -132,6 +171,8 @@ class Route(Strict):
     mapping: str = Field(description="Mapping file, relative to the mappings directory")
     sla_policy: str | None = Field(None, description="SLA policy name; defaults to the service key")
     escalation: str | None = Field(None, description="Where breaches are escalated (an escalation name)")
+    followups: FollowUps | None = Field(
+        None, description="Overrides the connector instance's follow-up settings for this route")
 
 
 class AuthoritiesFile(Strict):

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default a SQLite file in data_dir")
     broker_url: str | None = Field(None, description="Celery broker; default the embedded SQLite transport")
+    metrics_dir: Path | None = Field(
+        None, description="Where every process writes its Prometheus metrics for /metrics to add up; "
+        "default data_dir/metrics")
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = "INFO"
     api_token_env: str = "HUBBRIDGE_API_TOKEN"
@@ -30,8 +33,18 @@ class Settings(BaseSettings):
     sync_page_size: int = 200
     reconcile_after_seconds: float = Field(120.0, description="Re-queue a case whose message has not run by then")
     sweep_seconds: float = Field(2.0, description="How often beat reconciles, polls and sweeps SLAs")
+    console_base_url: str = Field(
+        "http://127.0.0.1:8080", pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="The console's public address, for the case links in SLA escalations")
+    smtp_host: str | None = Field(None, description="SMTP server for SLA e-mail; overrides sla.yaml smtp.host")
+    smtp_port: int | None = Field(None, ge=1, le=65535, description="Overrides sla.yaml smtp.port")
     queue_type: str = Field("classic", pattern="^(classic|quorum)$")
     max_body_bytes: int = 256 * 1024
+    evidence_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest evidence file (decoded) a follow-up may carry")
+    evidence_types: tuple[str, ...] = Field(
+        ("image/jpeg", "image/png", "image/gif", "image/heic", "image/webp", "application/pdf", "text/plain"),
+        description="Content types an evidence file may have")
     worker_max_memory_mib: int = Field(
         512,
         ge=0,
@@ -52,6 +65,10 @@ class Settings(BaseSettings):
             return self.mappings_dir
         own = self.config_dir / "mappings"
         return own if own.is_dir() else SHIPPED_MAPPINGS_DIR
+
+    @property
+    def resolved_metrics_dir(self) -> Path:
+        return self.metrics_dir if self.metrics_dir is not None else self.data_dir / "metrics"
 
     @property
     def resolved_database_url(self) -> str:

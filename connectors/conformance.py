@@ -19,16 +19,20 @@ from typing import Any
 
 import pytest
 
+from hubbridge.case import FollowUpKind
 from hubbridge.config.models import ConnectorInstance, Timeouts
 from hubbridge.connectors.base import (
     BackOfficeUpdate,
     Connector,
     CreateResult,
     Delivery,
+    Document,
+    FollowUp,
+    FollowUpResult,
     TargetField,
     connector_class,
 )
-from hubbridge.connectors.simulator import JobStore, Simulator
+from hubbridge.connectors.simulator import SAMPLE_JPEG, JobStore, Simulator
 from hubbridge.errors import (
     BadResponseError,
     ConnectorError,
@@ -55,6 +59,38 @@ class ConformanceHarness:
     """Move every job one step along its lifecycle, making updates; returns how many moved."""
     refused_delivery: Callable[[int], Delivery] | None = None
     """Optional: the i-th delivery the back office refuses (e.g. an unknown UPRN), for the permanent-error check."""
+    followups_for: Callable[[str], list[dict[str, Any]]] = lambda _ref: []
+    """The follow-up operations the simulator carried out on a back-office job, from its own records."""
+    followup_writes: Mapping[str, str] = field(default_factory=dict)
+    """Follow-up kind -> text in the request that carries it out (an operation name, a path), so a lost-answer
+    check loses that request's answer; a kind not listed loses the next request's."""
+
+
+FOLLOWUP_TEXTS = {
+    FollowUpKind.NOTE: "Customer called again: the bin is by the side gate",
+    FollowUpKind.AMENDMENT: "The Hub corrected the case: description: now at the rear of the property",
+    FollowUpKind.EVIDENCE: "Customer sent a photo",
+    FollowUpKind.PRIORITY: "The Hub raised the priority to high",
+    FollowUpKind.CANCEL: "Customer withdrew the request: sorted out with a neighbour",
+    FollowUpKind.REOPEN: "Customer says the problem is back",
+}
+
+
+def sample_followup(kind: FollowUpKind, backoffice_ref: str, hub_ref: str, sequence: int, *,
+                    known_new: bool = True, text: str | None = None) -> FollowUp:
+    """A follow-up of `kind` as the core sends it: worded text, a key unique to (case, sequence), a photo for
+    evidence given both as bytes and as a URL, so each connector can take what its back office takes."""
+    from datetime import UTC, datetime
+
+    documents = ()
+    if kind == FollowUpKind.EVIDENCE:
+        documents = (Document(filename=f"photo-{sequence}.jpg", content_type="image/jpeg", content=SAMPLE_JPEG,
+                              url=f"https://hub.example.gov.uk/evidence/{hub_ref}/{sequence}/photo.jpg"),)
+    return FollowUp(
+        hub_ref=hub_ref, backoffice_ref=backoffice_ref, key=f"{hub_ref}/{sequence}", kind=kind,
+        text=text or FOLLOWUP_TEXTS[kind], occurred_at=datetime.now(UTC),
+        priority="high" if kind == FollowUpKind.PRIORITY else None, documents=documents, known_new=known_new,
+    )
 
 
 PASS = "pass"
@@ -398,6 +434,124 @@ class ConnectorConformance:
                 connector.cancel(ref, "x")
         connector.close()
 
+    # -- follow-ups: what the Hub tells the back office about a job it already has ---------------------------
+    def _followup_job(self, harness: ConformanceHarness, index: int) -> tuple[Connector, str, str]:
+        connector = harness.make_connector()
+        delivery = harness.delivery(index)
+        return connector, connector.create(delivery).backoffice_ref, delivery.hub_ref
+
+    @staticmethod
+    def _records(harness: ConformanceHarness, ref: str, kind: FollowUpKind) -> list[dict[str, Any]]:
+        return [r for r in harness.followups_for(ref) if r["kind"] == kind.value]
+
+    @pytest.mark.parametrize("kind", list(FollowUpKind))
+    def test_followup_lands_once(self, harness: ConformanceHarness, kind: FollowUpKind) -> None:
+        """A follow-up of a kind the back office has an operation for lands once, in its own records."""
+        connector, ref, hub_ref = self._followup_job(harness, 80 + list(FollowUpKind).index(kind))
+        try:
+            followup = sample_followup(kind, ref, hub_ref, 2)
+            if kind not in connector.followup_kinds:
+                with pytest.raises(NotSupported):
+                    connector.follow_up(followup)
+                assert harness.followups_for(ref) == []
+                return
+            if kind == FollowUpKind.REOPEN and FollowUpKind.CANCEL in connector.followup_kinds:
+                connector.follow_up(sample_followup(FollowUpKind.CANCEL, ref, hub_ref, 1))  # something to reopen
+            result = connector.follow_up(followup)
+            assert isinstance(result, FollowUpResult)
+            records = self._records(harness, ref, kind)
+            assert len(records) == 1, f"{len(records)} {kind.value} records in the back office after one follow-up"
+            if kind == FollowUpKind.EVIDENCE:
+                assert records[0]["documents"], "the back office holds no document for the evidence"
+            try:
+                found = connector.find_follow_up(replace(followup, known_new=False))
+            except OutcomeUnknown as exc:  # a back office that cannot read its records back says so
+                self.assert_clear(exc, connector)
+            else:
+                assert found is not None, "find_follow_up must find a follow-up that landed"
+        finally:
+            connector.close()
+
+    @pytest.mark.parametrize("kind", list(FollowUpKind))
+    def test_followup_not_sent_is_not_found(self, harness: ConformanceHarness, kind: FollowUpKind) -> None:
+        connector, ref, hub_ref = self._followup_job(harness, 90 + list(FollowUpKind).index(kind))
+        try:
+            if kind not in connector.followup_kinds:
+                return
+            try:
+                assert connector.find_follow_up(sample_followup(kind, ref, hub_ref, 5, known_new=False)) is None
+            except OutcomeUnknown as exc:  # a back office that cannot read its own records back says so
+                self.assert_clear(exc, connector)
+        finally:
+            connector.close()
+
+    @pytest.mark.parametrize("kind", list(FollowUpKind))
+    def test_followup_lost_answer_lands_once(self, harness: ConformanceHarness, kind: FollowUpKind) -> None:
+        """As the core does it: a follow-up whose answer is lost, then `find_follow_up`, then send if None.
+
+        It ends as exactly one record in the back office, or as `OutcomeUnknown` with at most one: never two.
+        """
+        connector, ref, hub_ref = self._followup_job(harness, 100 + list(FollowUpKind).index(kind))
+        if kind not in connector.followup_kinds:
+            connector.close()
+            return
+        slow = harness.make_connector(read_timeout=0.5)
+        faults = harness.simulator.faults
+        faults.slow_seconds = self.slow_seconds
+        try:
+            if kind == FollowUpKind.REOPEN and FollowUpKind.CANCEL in connector.followup_kinds:
+                connector.follow_up(sample_followup(FollowUpKind.CANCEL, ref, hub_ref, 1))
+            followup = sample_followup(kind, ref, hub_ref, 2)
+            slow.find(harness.delivery(1100).hub_ref)  # session set-up out of the way
+            # the fault lands on the write itself, not on a read the connector makes before it
+            faults.next("slow", match=harness.followup_writes.get(kind.value))
+            with pytest.raises(TransientError):
+                slow.follow_up(followup)
+            faults.clear()
+            again = replace(followup, known_new=False)
+            try:
+                found = connector.find_follow_up(again)
+            except OutcomeUnknown as exc:
+                self.assert_clear(exc, connector)
+                assert len(self._records(harness, ref, kind)) <= 1
+                return
+            if found is None:
+                connector.follow_up(again)
+            records = self._records(harness, ref, kind)
+            assert len(records) == 1, f"{len(records)} {kind.value} records after a lost answer: never two"
+        finally:
+            faults.clear()
+            slow.close()
+            connector.close()
+
+    def test_followups_keep_their_order(self, harness: ConformanceHarness) -> None:
+        connector, ref, hub_ref = self._followup_job(harness, 110)
+        try:
+            kinds = [k for k in (FollowUpKind.NOTE, FollowUpKind.AMENDMENT) if k in connector.followup_kinds]
+            if not kinds:
+                return
+            texts = [f"Follow-up {i}: the customer adds detail {i}" for i in range(1, 5)]
+            for i, text in enumerate(texts, start=1):
+                connector.follow_up(sample_followup(kinds[0], ref, hub_ref, i, text=text))
+            seen = [r["text"] for r in harness.followups_for(ref) if r["kind"] == kinds[0].value]
+            order = [next(i for i, t in enumerate(texts) if t in s) for s in seen]
+            assert order == sorted(order) and len(order) == len(texts), seen
+        finally:
+            connector.close()
+
+    def test_followup_on_unknown_job_is_refused(self, harness: ConformanceHarness) -> None:
+        connector = harness.make_connector()
+        try:
+            kinds = sorted(connector.followup_kinds - {FollowUpKind.REOPEN, FollowUpKind.CANCEL})
+            if not kinds:
+                return
+            with pytest.raises(ConnectorError) as caught:
+                connector.follow_up(sample_followup(kinds[0], "99999999", "WH-2026-999999", 1))
+            assert not isinstance(caught.value, TransientError), "an unknown job is a refusal, not worth retrying"
+            self.assert_clear(caught.value, connector)
+        finally:
+            connector.close()
+
 
 @dataclass(frozen=True)
 class ConformanceTarget:
@@ -423,6 +577,8 @@ class ConformanceTarget:
     """The read timeout when a check asks for none in particular."""
     fixtures: Sequence[str] = ()
     """pytest fixtures to set up before the simulator starts (e.g. one that installs a plugin)."""
+    followup_writes: Mapping[str, str] = field(default_factory=dict)
+    """Follow-up kind -> text in the request that carries it out (see `ConformanceHarness.followup_writes`)."""
 
     def connector_class(self) -> type[Connector]:
         """The connector class, loaded now if it was given by plugin name."""
@@ -452,6 +608,8 @@ class ConformanceTarget:
             jobs_for=lambda hub_ref: sim.jobs_for(hub_ref, tenant),
             advance=lambda: sim.advance(tenant),
             refused_delivery=self.refused_delivery,
+            followups_for=lambda backoffice_ref: sim.followups_for(backoffice_ref, tenant),
+            followup_writes=dict(self.followup_writes),
         )
 
 

@@ -31,6 +31,17 @@ BILLION_LAUGHS_BODY = (
     b'<!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">]>\n<r>&lol4;</r>'
 )
 
+# A 1x1 JPEG: a real image, so a back office that checks what it stores takes it (tests and the demo send it).
+SAMPLE_JPEG = bytes.fromhex(
+    "ffd8ffe000104a46494600010100000100010000ffdb004300080606070605080707070909080a0c140d0c0b0b0c1912130f141d1a1f"
+    "1e1d1a1c1c20242e2720222c231c1c2837292c30313434341f27393d38323c2e333432ffc0000b080001000101011100ffc4001f00"
+    "00010501010101010100000000000000000102030405060708090a0bffc400b5100002010303020403050504040000017d01020300"
+    "041105122131410613516107227114328191a1082342b1c11552d1f02433627282090a161718191a25262728292a3435363738393a"
+    "434445464748494a535455565758595a636465666768696a737475767778797a838485868788898a92939495969798999aa2a3a4a5"
+    "a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8e9eaf1f2f3f4f5f6f7f8f9faff"
+    "da0008010100003f00fbd3ffd9"
+)
+
 FAULT_KINDS = ("error500", "reset", "slow", "garbage", "truncated", "xxe", "entities", "wrong_type", "status429")
 """error500/reset/status429 fail before any work is done; the others do the work, then answer badly."""
 
@@ -112,6 +123,13 @@ class JobStore:
         self._log: dict[str, list[tuple[Job, JobEvent]]] = {}
         self._timeline: dict[str, list[tuple[Job, JobEvent]]] = {}
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self.stall_every = 0
+        """A bad day, off by default: every this many jobs (hubbridge's or raised in the back office) sits
+        untouched in the back office, as a job nobody picks up does; `advance` never moves it."""
+
+    def stalled(self, job: Job) -> bool:
+        """Whether nobody will ever pick this job up (see `stall_every`)."""
+        return bool(self.stall_every) and job.id % self.stall_every == 0
 
     def create(self, tenant: str, hub_ref: str | None, service_code: str, data: dict[str, Any]) -> Job:
         with self._lock:
@@ -208,7 +226,7 @@ class JobStore:
             for job in list(self.jobs.values()):
                 if tenant is not None and job.tenant != tenant:
                     continue
-                if job.status not in self.lifecycle:
+                if job.status not in self.lifecycle or self.stalled(job):
                     continue
                 i = self.lifecycle.index(job.status)
                 if i + 1 < len(self.lifecycle):

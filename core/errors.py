@@ -63,6 +63,18 @@ class CaseValidationError(HubbridgeError):
         super().__init__(f"invalid Hub case: {listed}", where=ref, hint="correct the named fields and resend")
 
 
+class FollowUpValidationError(CaseValidationError):
+    """A follow-up failed validation (or names a case hubbridge does not hold); `fields` names each problem."""
+
+    def __init__(self, fields: dict[str, str], *, ref: str | None = None, unknown_case: bool = False) -> None:
+        self.unknown_case = unknown_case
+        HubbridgeError.__init__(
+            self, "invalid follow-up: " + "; ".join(f"{k}: {v}" for k, v in fields.items()), where=ref,
+            hint="send the case before its follow-ups; this one was kept as a dead letter and can be replayed"
+            if unknown_case else "correct the named fields and resend")
+        self.fields = fields
+
+
 class UsageError(HubbridgeError):
     """A command was called wrongly (an option out of range, a missing argument); `where` names the option."""
 

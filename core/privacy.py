@@ -30,6 +30,8 @@ from hubbridge.store import (
     Base,
     CaseRow,
     DeadLetterRow,
+    FollowUpFileRow,
+    FollowUpRow,
     RaisedCaseRow,
     record_event,
     session_scope,
@@ -279,6 +281,9 @@ def _scrubbed_row(table: Table, row: Mapping[str, Any], pattern: re.Pattern[str]
             new = ERASED  # the raw input is the person's whole case: nothing of it is kept
         elif table.name == "hub_updates" and column.name == "payload" and isinstance(new, Mapping) and bound:
             new = {k: (ERASED if k in _UPDATE_TEXT_KEYS else v) for k, v in new.items()}
+        elif table.name == "followups" and column.name == "payload" and isinstance(old, Mapping) and bound:
+            # what the Hub said of the customer's case (notes, changed details, file names): none of it is kept
+            new = {k: old[k] for k in ("ref", "kind", "priority", "occurred_at") if k in old} | {"erased": True}
         elif table.name == "raised_cases" and column.name == "updates" and isinstance(new, list):
             new = [{k: u.get(k) for k in _RAISED_UPDATE_KEYS} if isinstance(u, Mapping) else ERASED for u in new]
         if new != old:
@@ -286,6 +291,8 @@ def _scrubbed_row(table: Table, row: Mapping[str, Any], pattern: re.Pattern[str]
     if table.name == "cases" and bound and row.get("stage") == "received":
         # an erased case cannot be translated any more: it stops here rather than failing in every delivery
         changes.update(stage="dead", next_attempt_at=None, last_error="personal data erased before delivery")
+    if table.name == "followups" and bound and row.get("state") == "pending":
+        changes.update(state="dead", next_attempt_at=None, last_error="personal data erased before delivery")
     if table.name == "dead_letters" and row.get("replayed_at") is None and row.get("discarded_at") is None:
         changes["discarded_at"] = utcnow()  # an erased dead letter can never be replayed
     return changes
@@ -321,6 +328,14 @@ def _erase(s: Session, values: set[str], refs: list[str], erasure: Erasure, *, s
                              note="personal data erased")
         elif table.name == "raised_cases":
             s.merge(ErasedRow(kind="raised", key=str(row["id"]), erased_at=now))
+    if refs:
+        # a follow-up's files are bound to its case through the follow-up: their bytes and names go with it
+        files = s.execute(update(FollowUpFileRow).where(
+            FollowUpFileRow.followup_id.in_(select(FollowUpRow.id).where(FollowUpRow.hub_ref.in_(refs))),
+            FollowUpFileRow.filename != ERASED,
+        ).values(content=None, url=None, filename=ERASED, erased_at=now)).rowcount
+        if files:
+            erasure.rows[FollowUpFileRow.__tablename__] = erasure.rows.get(FollowUpFileRow.__tablename__, 0) + files
     for ref in refs:
         s.merge(ErasedRow(kind="case", key=ref, erased_at=now))
         record_event(s, ref, "privacy.erased")

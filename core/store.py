@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -150,6 +151,58 @@ class HubUpdateRow(Base):
         UniqueConstraint("hub_ref", "sequence", name="uq_hub_updates_seq"),
         Index("ix_hub_updates_pending", "pushed_at", "next_attempt_at"),
     )
+
+
+class FollowUpRow(Base):
+    """A follow-up from the Hub (note, amendment, evidence, priority, cancel, reopen) for a case's back-office job.
+
+    Delivered in `sequence` order per case, once each: `unknown_outcome` set means a call may have reached the
+    back office, so the next attempt looks for it first. `client_id` is the Hub's own id for the event.
+    """
+
+    __tablename__ = "followups"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    hub_ref: Mapped[str] = mapped_column(String(32), ForeignKey("cases.hub_ref"))
+    sequence: Mapped[int] = mapped_column(Integer)
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(16), default="api")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the follow-up, without file contents
+    digest: Mapped[str] = mapped_column(String(64))  # of the content: the same id with other content is refused
+    state: Mapped[str] = mapped_column(String(12), default="pending")  # pending | delivered | dead
+    via: Mapped[str | None] = mapped_column(String(16))  # operation | note | email: how it reached the service area
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    unknown_outcome: Mapped[bool] = mapped_column(default=False)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    backoffice_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        UniqueConstraint("hub_ref", "sequence", name="uq_followups_seq"),
+        UniqueConstraint("hub_ref", "client_id", name="uq_followups_client_id"),
+        Index("ix_followups_due", "state", "next_attempt_at"),
+    )
+
+
+class FollowUpFileRow(Base):
+    """A file sent with an evidence follow-up; its bytes are kept only until the follow-up is delivered."""
+
+    __tablename__ = "followup_files"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    followup_id: Mapped[int] = mapped_column(ID, ForeignKey("followups.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str] = mapped_column(String(200))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    url: Mapped[str | None] = mapped_column(Text)
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    erased_at: Mapped[datetime | None] = mapped_column()
 
 
 class SeenUpdateRow(Base):

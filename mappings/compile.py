@@ -11,18 +11,35 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hubbridge.case import FollowUpKind
 from hubbridge.config.yamlfile import YamlDoc, plain, read_yaml_source
 from hubbridge.connectors.base import TargetField
 from hubbridge.errors import ConfigError, ConfigErrors
 from hubbridge.mappings.codegen import GeneratedSource
-from hubbridge.mappings.compiled import CompiledMapping, InboundTranslation, Translation, ValueFn
-from hubbridge.mappings.fieldrules import CompileScope, FieldRuleCompiler
-from hubbridge.mappings.model import FieldSpec, LookupFile, MappingFile
-from hubbridge.mappings.paths import CASE_SHAPE, UPDATE_SHAPE
+from hubbridge.mappings.compiled import (
+    CompiledMapping,
+    FollowUpContext,
+    InboundTranslation,
+    Translation,
+    ValueFn,
+    followup_context,
+)
+from hubbridge.mappings.fieldrules import CompileScope, FieldRuleCompiler, Loc
+from hubbridge.mappings.model import Condition, FieldSpec, LookupFile, MappingFile
+from hubbridge.mappings.paths import CASE_SHAPE, FOLLOWUP_SHAPE, UPDATE_SHAPE
 
-__all__ = ["CompiledMapping", "InboundTranslation", "Translation", "content_version", "load_mapping"]
+__all__ = [
+    "CompiledMapping",
+    "FollowUpContext",
+    "InboundTranslation",
+    "Translation",
+    "content_version",
+    "followup_context",
+    "load_mapping",
+]
 
 INBOUND_PARTS = ("status", "note", "resolution")
+FOLLOWUP_KIND_VALUES = tuple(kind.value for kind in FollowUpKind)
 
 
 def load_lookups(
@@ -62,6 +79,40 @@ def load_lookups(
     if errors:
         raise ConfigErrors(errors)
     return tables, files
+
+
+def check_kind_conditions(compiler: FieldRuleCompiler, rules: dict[str, FieldSpec], loc: Loc) -> None:
+    """Refuse a condition on `kind` naming no follow-up kind: a misspelt kind would silently never match."""
+
+    def check_condition(cond: Condition, at: list[str | int]) -> None:
+        if cond.path == "kind":
+            named: list[tuple[list[str | int], object]] = [(["equals"], cond.equals),
+                                                           (["not_equals"], cond.not_equals)]
+            named += [(["in", index], value) for index, value in enumerate(cond.in_ or ())]
+            named += [(["not_in", index], value) for index, value in enumerate(cond.not_in or ())]
+            for keys, value in named:
+                if value is not None and str(value) not in FOLLOWUP_KIND_VALUES:
+                    compiler.error(f"{value!r} is not a follow-up kind", [*at, *keys],
+                                   "follow-up kinds: " + ", ".join(FOLLOWUP_KIND_VALUES))
+        for group_key in ("all", "any"):
+            for index, sub in enumerate(getattr(cond, group_key) or ()):
+                check_condition(sub, [*at, group_key, index])
+        if cond.not_ is not None:
+            check_condition(cond.not_, [*at, "not"])
+
+    def check_rule(rule: FieldSpec, at: list[str | int]) -> None:
+        if rule.when is not None:
+            check_condition(rule.when, [*at, "when"])
+        for name, child in (rule.fields or {}).items():
+            check_rule(child, [*at, "fields", name])
+        for list_key in ("choose", "items"):
+            for index, option in enumerate(getattr(rule, list_key) or ()):
+                check_rule(option, [*at, list_key, index])
+        if rule.item is not None:
+            check_rule(rule.item, [*at, "item"])
+
+    for name, rule in rules.items():
+        check_rule(rule, [*loc, name])
 
 
 def content_version(contents: Sequence[tuple[Path, bytes]]) -> str:
@@ -107,6 +158,15 @@ def load_mapping(path: Path | str, target_fields: Mapping[str, TargetField] | No
         scope = CompileScope(loc=("inbound", part), field_name=f"inbound.{part}", root=UPDATE_SHAPE)
         result_var = compiler.field(rule, None, scope)
         inbound_sources.append(None if result_var is None else (compiler.source, result_var, f"inbound.{part}"))
+
+    followup_source: GeneratedSource | None = None
+    followup_var = ""
+    if spec.followups is not None:
+        # connectors declare no follow-up request fields, so target names and types are not checked here
+        compiler.source = followup_source = GeneratedSource()
+        followup_scope = CompileScope(loc=("followups", "fields"), field_name="followups", root=FOLLOWUP_SHAPE)
+        followup_var = compiler.record(spec.followups.fields, None, followup_scope)
+        check_kind_conditions(compiler, spec.followups.fields, ["followups", "fields"])
     if compiler.errors:
         raise ConfigErrors(compiler.errors)
     build = outbound_source.function(payload_var, "outbound")
@@ -114,6 +174,7 @@ def load_mapping(path: Path | str, target_fields: Mapping[str, TargetField] | No
         None if compiled is None else compiled[0].function(compiled[1], compiled[2]) for compiled in inbound_sources
     )
     inbound_fns: tuple[ValueFn | None, ValueFn | None, ValueFn | None] = (status_fn, note_fn, resolution_fn)
+    followup_build = None if followup_source is None else followup_source.function(followup_var, "followups")
     contents = [(mapping_path.resolve(), data), *lookup_files]
     return CompiledMapping(
         name=spec.mapping,
@@ -126,4 +187,5 @@ def load_mapping(path: Path | str, target_fields: Mapping[str, TargetField] | No
         inbound_fns=inbound_fns,
         files=tuple(file_path for file_path, _ in contents),
         spec=spec,
+        followup_build=followup_build,
     )

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubbridge.case import HubCase, HubStatus
+from pydantic import ValidationError
+
+from hubbridge.case import FollowUpKind, HubCase, HubFollowUp, HubStatus
 from hubbridge.connectors.base import BackOfficeUpdate
 from hubbridge.errors import MappingError
 from hubbridge.mappings.model import MappingFile
+from hubbridge.mappings.paths import FollowUpContext
 from hubbridge.mappings.template import to_text
 
 ValueFn = Callable[[Any, Any, list], Any]
@@ -53,6 +56,15 @@ class InboundTranslation:
     warnings: list[str] = field(default_factory=list)
 
 
+def followup_context(
+    followup: HubFollowUp | Mapping[str, Any], case: HubCase | Mapping[str, Any], backoffice_ref: str, key: str
+) -> dict[str, Any]:
+    """The context `CompiledMapping.followup` reads, from a follow-up and its case (models or their dumps)."""
+    followup_data = followup.dump() if isinstance(followup, HubFollowUp) else dict(followup)
+    case_data = case.dump() if isinstance(case, HubCase) else dict(case)
+    return {**followup_data, "case": case_data, "backoffice_ref": backoffice_ref, "key": key}
+
+
 class CompiledMapping:
     """A mapping ready to run: `outbound(case)` and `inbound(update)` call generated plain functions."""
 
@@ -69,6 +81,7 @@ class CompiledMapping:
         inbound_fns: tuple[ValueFn | None, ValueFn | None, ValueFn | None],
         files: tuple[Path, ...],
         spec: MappingFile,
+        followup_build: Callable[[Any, Any, list], dict[str, Any]] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -80,6 +93,7 @@ class CompiledMapping:
         self.spec = spec
         self._build = build
         self._status, self._note, self._resolution = inbound_fns
+        self._followup = followup_build
 
     def __repr__(self) -> str:
         return f"<CompiledMapping {self.name} {self.version} {self.path}>"
@@ -99,6 +113,46 @@ class CompiledMapping:
                 f"cannot translate: {type(exc).__name__}", ref=_case_ref(case), mapping=self.name,
                 field="outbound",
             ) from exc
+        return Translation(payload, warnings)
+
+    @property
+    def has_followups(self) -> bool:
+        """Whether the mapping has a `followups:` section (without one, `followup` gives no fields)."""
+        return self._followup is not None
+
+    def followup(self, context: Mapping[str, Any] | FollowUpContext) -> dict[str, Any]:
+        """The fields the `followups:` section builds for one follow-up (see `followup_context`)."""
+        return self.followup_translation(context).payload
+
+    def followup_translation(self, context: Mapping[str, Any] | FollowUpContext) -> Translation:
+        """Like `followup`, with the warnings (truncations, fallbacks); raises only MappingError."""
+        key = context.key if isinstance(context, FollowUpContext) else context.get("key")
+        ref = key if isinstance(key, str) else None
+        kind = context.kind if isinstance(context, FollowUpContext) else context.get("kind")
+        kind_name = kind.value if isinstance(kind, FollowUpKind) else str(kind)
+        if kind_name not in FOLLOWUP_KINDS:
+            kind_name = "unknown"  # whatever was passed may be case text
+        if self._followup is None:
+            return Translation({})
+        try:
+            checked = context if isinstance(context, FollowUpContext) else FollowUpContext.model_validate(context)
+        except ValidationError as exc:
+            # pydantic's own text quotes the input; only where and what kind of problem is shown
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'context'}: {error['type']}"
+                for error in exc.errors()[:5]
+            )
+            raise MappingError(f"{kind_name} follow-up: the follow-up context is not valid: {problems}",
+                               ref=ref, mapping=self.name, field="followups") from None
+        warnings: list[str] = []
+        try:
+            payload = self._followup(checked, None, warnings)
+        except FieldFailure as failure:
+            raise MappingError(f"{kind_name} follow-up: {failure.message}", ref=ref, mapping=self.name,
+                               field=failure.field, hint=failure.hint) from None
+        except Exception as exc:
+            raise MappingError(f"{kind_name} follow-up: cannot translate: {type(exc).__name__}", ref=ref,
+                               mapping=self.name, field="followups") from exc
         return Translation(payload, warnings)
 
     def inbound(self, update: BackOfficeUpdate) -> InboundTranslation:
@@ -130,6 +184,9 @@ class CompiledMapping:
             None if resolution is None else to_text(resolution),
             warnings,
         )
+
+
+FOLLOWUP_KINDS = frozenset(kind.value for kind in FollowUpKind)
 
 
 def _case_ref(case: Any) -> str | None:

@@ -165,6 +165,15 @@ class Inbound(Strict):
     resolution: FieldSpec | None = Field(None, description="The resolution text, usually only when closed")
 
 
+class FollowUps(Strict):
+    """Hub follow-up (note, evidence, amendment, ...) -> the fields of the back office's follow-up request."""
+
+    fields: Annotated[dict[TargetName, FieldSpec], Field(min_length=1)] = Field(
+        description="Target field name -> how to fill it from the follow-up (kind, note, document.url, "
+        "case.ref, ...); 'when: {path: kind, equals: evidence}' limits a field to one kind"
+    )
+
+
 class MappingFile(Strict):
     """One mapping: how a Hub case of one service becomes a request to one kind of back office, and back."""
 
@@ -182,6 +191,9 @@ class MappingFile(Strict):
     )
     outbound: Outbound
     inbound: Inbound = Field(default_factory=Inbound)
+    followups: FollowUps | None = Field(
+        None, description="How follow-ups on a delivered case fill the back office's follow-up request"
+    )
 
 
 class LookupFile(Strict):

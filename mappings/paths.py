@@ -12,9 +12,9 @@ from datetime import date, datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from hubbridge.case import HubCase
+from hubbridge.case import FollowUpKind, HubCase, Priority
 from hubbridge.connectors.base import BackOfficeUpdate
 
 Getter = Callable[[Any], Any]
@@ -112,8 +112,52 @@ def shape_of(annotation: Any, _seen: dict[Any, Shape] | None = None) -> Shape:
     return Shape("leaf", annotation)
 
 
+class FollowUpFile(BaseModel):
+    """A file of an evidence follow-up as a mapping sees it: its name, type and address, never its bytes
+    (the connector sends those itself, from `FollowUp.documents`)."""
+
+    # the stored follow-up keeps a file's bytes apart, so a file may come with neither content nor url here
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    filename: str
+    content_type: str
+    url: str | None = None
+
+
+class FollowUpContext(BaseModel):
+    """What a `followups:` section reads: the follow-up's own fields, its first file as `document`, the
+    whole case as `case`, and where it goes (`backoffice_ref`, `key`)."""
+
+    # keys the worker stores beside the follow-up's own are no paths (load refuses them), so they may pass
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    key: str
+    backoffice_ref: str
+    id: str | None = None
+    ref: str
+    kind: FollowUpKind
+    note: str | None = None
+    priority: Priority | None = None
+    previous_priority: Priority | None = None
+    changes: dict[str, Any] | None = None
+    attachments: list[FollowUpFile] = []
+    document: FollowUpFile | None = None
+    author: str | None = None
+    occurred_at: datetime
+    case: HubCase
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_document(cls, data: Any) -> Any:
+        # paths have no list indexes; `document.*` stands for the first file, which is usually the only one
+        if isinstance(data, Mapping) and data.get("document") is None and data.get("attachments"):
+            return {**data, "document": data["attachments"][0]}
+        return data
+
+
 CASE_SHAPE = shape_of(HubCase)
 UPDATE_SHAPE = shape_of(BackOfficeUpdate)
+FOLLOWUP_SHAPE = shape_of(FollowUpContext)
 
 
 def resolve(path: str, root: Shape, item: Shape | None = None) -> Shape:
@@ -136,12 +180,19 @@ def resolve(path: str, root: Shape, item: Shape | None = None) -> Shape:
                 choices = list(shape.children)
                 close = difflib.get_close_matches(part, choices, n=1)
                 prefix = ".".join(walked)
-                where = f"in {prefix!r}" if prefix else "at the top of the case"
-                hint = (
-                    f"did you mean {'.'.join([*walked, close[0]])!r}?"
-                    if close
-                    else "known here: " + ", ".join(sorted(choices))
-                )
+                where = f"in {prefix!r}" if prefix else f"at the top of the {_root_name(root)}"
+                # a follow-up reads the case under `case.`; a path copied from `outbound:` lacks it
+                nested_case = root.children.get("case") if not walked else None
+                in_case = (difflib.get_close_matches(part, list(nested_case.children), n=1)
+                           if nested_case is not None and not close else [])
+                if nested_case is not None and part in nested_case.children:
+                    hint = f"did you mean {'case.' + path!r}?"
+                elif close:
+                    hint = f"did you mean {'.'.join([*walked, close[0]])!r}?"
+                elif in_case:
+                    hint = f"did you mean {'.'.join(['case', in_case[0], *parts[1:]])!r}?"
+                else:
+                    hint = "known here: " + ", ".join(sorted(choices))
                 raise PathProblem(f"unknown source path {path!r}: no {part!r} {where}", hint)
             shape = shape.children[part]
         elif shape.kind == "dict":
@@ -155,6 +206,15 @@ def resolve(path: str, root: Shape, item: Shape | None = None) -> Shape:
             raise PathProblem(f"{path!r}: {'.'.join(walked)!r} is a value and has no {part!r}")
         walked.append(part)
     return shape
+
+
+def _root_name(root: Shape) -> str:
+    """What the paths of a section read, in words, for errors."""
+    if root.py is FollowUpContext:
+        return "follow-up"
+    if root.py is BackOfficeUpdate:
+        return "back-office update"
+    return "case"
 
 
 def _segment_getter(kind: str, name: str) -> Getter:

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hubbridge.config.models import ApiClient, ApiFile
 from hubbridge.connectors.base import Connector, connector_class
-from hubbridge.errors import CaseValidationError, ConnectorError, SecurityError
+from hubbridge.errors import CaseValidationError, ConnectorError, FollowUpValidationError, SecurityError
 from hubbridge.workflows.api_clients import case_ref_and_authority, client_for, load_api_file, token_clients
 from hubbridge.workflows.intake import accept_case
 from hubbridge.workflows.raised import raise_pending
@@ -60,7 +60,11 @@ Enqueue = Annotated[bool, Depends(enqueues)]
 
 async def request_body(request: Request, rt: Rt) -> bytes:
     """The request body, refused with 413 once it is over the configured limit."""
-    limit = rt.settings.max_body_bytes
+    return await read_body(request, rt.settings.max_body_bytes)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 once it is over `limit` bytes (declared or read)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"body of {declared} bytes is over the {limit}-byte limit")
@@ -157,11 +161,98 @@ def take_case(rt: Runtime, body: bytes, enqueue: bool) -> JSONResponse:
             from hubbridge.workflows.schedule import mark_unpublished
 
             mark_unpublished(rt, deliver=[accepted.hub_ref])
+    if accepted.amended:
+        queue_followups(rt, accepted.hub_ref, enqueue)
+        INTAKE.labels("amended").inc()
+        return JSONResponse(status_code=202, content={"ref": accepted.hub_ref, "status": "amended",
+                                                      "followups": accepted.amended})
     INTAKE.labels("duplicate" if accepted.duplicate else "accepted").inc()
     return JSONResponse(
         status_code=202,
         content={"ref": accepted.hub_ref, "status": "duplicate" if accepted.duplicate else "accepted"},
     )
+
+
+def queue_followups(rt: Runtime, hub_ref: str, enqueue: bool, *, push: bool = False) -> None:
+    """Queue delivery of a case's new follow-ups (and its Hub push); a broker that fails leaves them to the sweep."""
+    if not enqueue:
+        return
+    from hubbridge.workflows.tasks import enqueue_followups, enqueue_push
+
+    try:
+        enqueue_followups(hub_ref)
+        if push:
+            enqueue_push(hub_ref)
+    except Exception as exc:
+        log.warning("followup.enqueue_failed", hub_ref=hub_ref, error=str(exc)[:200])
+        from hubbridge.workflows.schedule import mark_unpublished
+
+        mark_unpublished(rt, followup=[hub_ref], push=[hub_ref] if push else [])
+
+
+FOLLOWUPS = Counter("hubbridge_followups_posted_total", "Follow-ups posted to the intake API", ["outcome"])
+
+
+def take_followup(rt: Runtime, ref: str, body: bytes, enqueue: bool, client: ApiClient | None) -> JSONResponse:
+    """Store and queue one verified follow-up for case `ref`."""
+    from hubbridge.workflows.followups import accept_followup
+
+    if client is not None:
+        from sqlalchemy import select
+
+        from hubbridge.store import CaseRow, session_scope
+
+        with session_scope(rt.url) as s:
+            authority = s.scalar(select(CaseRow.authority).where(CaseRow.hub_ref == ref))
+        if authority is not None and not client.serves(authority):
+            FOLLOWUPS.labels("forbidden").inc()
+            return outside_scope(client, None, ref)
+    try:
+        accepted = accept_followup(rt, body, ref=ref, channel="api")
+    except FollowUpValidationError as exc:
+        FOLLOWUPS.labels("unknown_case" if exc.unknown_case else "invalid").inc()
+        return JSONResponse(
+            status_code=404 if exc.unknown_case else 422,
+            content={"error": f"no case {ref}" if exc.unknown_case else "invalid follow-up", "ref": ref,
+                     "fields": exc.fields, "hint": exc.hint},
+        )
+    if not accepted.duplicate:
+        queue_followups(rt, ref, enqueue, push=accepted.push)
+    FOLLOWUPS.labels("duplicate" if accepted.duplicate else "accepted").inc()
+    return JSONResponse(status_code=202, content={
+        "ref": ref, "sequence": accepted.sequence, "status": "duplicate" if accepted.duplicate else "accepted"})
+
+
+async def followup_body(request: Request, rt: Rt) -> bytes:
+    """A follow-up's body, which may carry up to ten evidence files: its limit allows for them (in base64)."""
+    files = (rt.settings.evidence_max_bytes * 4 // 3 + 1024) * 10
+    return await read_body(request, rt.settings.max_body_bytes + files)
+
+
+@router.post("/cases/{ref}/events", status_code=202)
+async def case_event(ref: str, request: Request, rt: Rt, enqueue: Enqueue,
+                     body: Annotated[bytes, Depends(followup_body)]) -> JSONResponse:
+    """A follow-up from the Hub for a case it sent (amendment, note, evidence, priority, cancel, reopen)."""
+    secret = os.environ.get(rt.settings.intake_secret_env)
+    if not secret:
+        FOLLOWUPS.labels("refused").inc()
+        raise HTTPException(503, f"intake is disabled until {rt.settings.intake_secret_env} is set")
+    from hubbridge.signing import verify
+
+    try:
+        verify(request.headers, body, secret)
+    except SecurityError as exc:
+        FOLLOWUPS.labels("unsigned").inc()
+        raise HTTPException(401, str(exc)) from None
+    conf = api_file(request.app)
+    client = None
+    if conf.clients:
+        client = client_for(request.headers.get("authorization", ""), token_clients(conf, rt.settings.api_token_env))
+        if client is None:
+            FOLLOWUPS.labels("unauthorised").inc()
+            raise HTTPException(401, "a valid bearer token of an api.yaml client is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return await run_in_threadpool(take_followup, rt, ref, body, enqueue, client)
 
 
 @router.post("/cases", status_code=202)
@@ -295,10 +386,10 @@ async def docs_access(request: Request) -> None:
 
 @router.get("/metrics", dependencies=[Depends(metrics_access)])
 def metrics(rt: Rt) -> PlainTextResponse:
-    # the SLA gauges are set by the sweep in a worker process: this process reads them from the store
-    from hubbridge.sla.metrics import scrape_registry
+    # workers' counts from the shared metrics directory; states (SLA standing, circuits, queues) read now
+    from hubbridge.workflows.metrics import scrape_registry
 
-    body = generate_latest(scrape_registry(rt.url)).decode()
+    body = generate_latest(scrape_registry(rt.url, rt.settings.resolved_broker_url)).decode()
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -358,4 +449,7 @@ def create_app(rt: Runtime | None = None, *, enqueue: bool = True) -> FastAPI:
     from hubbridge.workflows.console.routes import console_router  # the console pages and /track
 
     api.include_router(console_router(functools.partial(app_runtime, api)))
+    from hubbridge.workflows.open311_door import open311_router  # GeoReport v2 clients (FixMyStreet)
+
+    api.include_router(open311_router(functools.partial(app_runtime, api)))
     return api

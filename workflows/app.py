@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_prerun, worker_init, worker_process_init
+from celery.signals import setup_logging, task_prerun, worker_init, worker_process_init, worker_process_shutdown
 
 from hubbridge.config.settings import Settings, get_settings
 from hubbridge.workflows import queues
@@ -57,6 +57,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "reconcile": {"task": "hubbridge.reconcile", "schedule": settings.sweep_seconds},
             "poll-due": {"task": "hubbridge.poll_due", "schedule": settings.sweep_seconds},
             "privacy-retention": {"task": "hubbridge.privacy_retention", "schedule": 3600.0},
+            "send-escalations": {"task": "hubbridge.send_escalations", "schedule": settings.sweep_seconds},
         },
         timezone="UTC",
         enable_utc=True,
@@ -104,6 +105,14 @@ def _fresh_connections(**_: Any) -> None:
     from hubbridge.store import engine_for
 
     engine_for.cache_clear()
+
+
+@worker_process_shutdown.connect
+def _metrics_of_ended_process(pid: int | None = None, **_: Any) -> None:
+    # a pool process replaced (memory limit) or stopped: its live gauges go; its counts stay in /metrics' sums
+    from hubbridge.workflows.metrics import process_ended
+
+    process_ended(pid)
 
 
 CONNECTOR_TASKS = frozenset({"hubbridge.poll_connector"})

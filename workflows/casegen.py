@@ -310,3 +310,54 @@ def generate_cases(
             "attributes": attrs,
             "created_at": created.isoformat(),
         }
+
+
+FOLLOWUP_MIX = (("note", 30), ("evidence", 20), ("amendment", 15), ("priority", 10), ("cancel", 10),
+                ("repost", 10), ("reopen", 5))
+"""The kinds of follow-up the demo sends and their weights; `repost` is the case sent again with a change."""
+
+_NOTES = ("Customer rang back to add detail", "Customer asked when this will be done",
+          "Customer says a neighbour has the same problem", "Customer will be out on Tuesday")
+
+
+def generate_followups(cases: Sequence[dict[str, Any]], *, share: float = 0.2, seed: int = 2026,
+                       ) -> list[tuple[str, dict[str, Any]]]:
+    """Follow-ups for about `share` of `cases`, as (kind, body): a follow-up body for `POST /cases/{ref}/events`,
+    or for kind `repost` the whole case again with a changed description."""
+    import base64
+
+    from hubbridge.connectors.simulator import SAMPLE_JPEG
+
+    r = random.Random(seed)
+    kinds, weights = zip(*FOLLOWUP_MIX, strict=True)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for n, case in enumerate(cases):
+        if r.random() >= share:
+            continue
+        kind = r.choices(kinds, weights)[0]
+        at = datetime.now(UTC).isoformat()
+        body: dict[str, Any] = {"id": f"demo-{case['ref']}-{n}", "ref": case["ref"], "kind": kind, "occurred_at": at}
+        if kind == "repost":
+            out.append((kind, {**case, "description": case["description"] + " (the customer called again: "
+                               "it is still there)", "updated_at": at}))
+            continue
+        if kind == "note":
+            body["note"] = r.choice(_NOTES)
+        elif kind == "evidence":
+            body["note"] = "Photo taken by the customer"
+            body["attachments"] = [{
+                "filename": "photo.jpg", "content_type": "image/jpeg",
+                "content": base64.b64encode(SAMPLE_JPEG).decode(),
+                "url": f"https://hub.worcestershire.example/evidence/{case['ref']}/photo.jpg"}]
+        elif kind == "amendment":
+            body["changes"] = {"description": case["description"] + " (corrected by the contact centre)"}
+        elif kind == "priority":
+            body["priority"] = "high" if case.get("priority", "normal") != "high" else "emergency"
+            body["note"] = "Vulnerable resident"
+        elif kind == "cancel":
+            body["note"] = "Sorted out by the customer"
+        else:  # a reopening follows a withdrawal: the customer changed their mind
+            out.append(("cancel", {**body, "id": f"{body['id']}-c", "kind": "cancel", "note": "Withdrawn by phone"}))
+            body["note"] = "The customer says the problem is back after all"
+        out.append((kind, body))
+    return out

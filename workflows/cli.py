@@ -31,6 +31,13 @@ def _logging(level: str | None = None) -> None:
     configure_logging(s.log_format, level or s.log_level)
 
 
+def _share_metrics() -> None:
+    """Write this process's metrics where the API's /metrics adds up every process's; before any metric is made."""
+    from hubbridge.workflows.metrics import share_across_processes
+
+    share_across_processes(get_settings().resolved_metrics_dir)
+
+
 @app.command()
 def migrate() -> None:
     """Create or upgrade the store's schema (Alembic) at HUBBRIDGE_DATABASE_URL."""
@@ -64,6 +71,7 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start a Celery worker on the configured broker, for one lane of hubbridge's queues."""
+    _share_metrics()
     from hubbridge.store import migrate as run
     from hubbridge.workflows.app import app as celery_app
     from hubbridge.workflows.worker import lower_priority, plan
@@ -85,6 +93,7 @@ def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
 
     Run two (on two machines) for fail-over: one holds the store's beat lock and schedules, the other waits for it.
     """
+    _share_metrics()
     import os
 
     from hubbridge.workflows.app import app as celery_app
@@ -106,6 +115,7 @@ def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
 @app.command()
 def api(host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve the intake API (the Hub CRM posts cases to POST /cases)."""
+    _share_metrics()
     import uvicorn
 
     from hubbridge.store import migrate as run
@@ -118,21 +128,36 @@ def api(host: str = "127.0.0.1", port: int = 8080) -> None:
 
 @app.command()
 def submit(
-    file: Annotated[Path, typer.Argument(help="JSON Lines of Hub cases ('-' for standard input)")],
+    file: Annotated[Path, typer.Argument(help="JSON Lines of Hub cases and follow-ups ('-' for standard input)")],
     enqueue: Annotated[bool, typer.Option(help="Queue each accepted case for delivery")] = True,
 ) -> None:
-    """Take in a batch of Hub cases from a JSON Lines file; rejected lines are kept as dead letters."""
+    """Take in a batch of Hub cases and follow-ups (lines with a `kind`) from a JSON Lines file.
+
+    Rejected lines are kept as dead letters; a re-sent case whose content changed becomes an amendment.
+    """
     from rich.progress import Progress
 
     from hubbridge.store import migrate as run
+    from hubbridge.workflows.followups import accept_followup
     from hubbridge.workflows.intake import accept_case
     from hubbridge.workflows.runtime import runtime
+    from hubbridge.workflows.schedule import mark_unpublished
 
     _logging()
     rt = runtime()
     run(rt.url)
     lines = (sys.stdin if str(file) == "-" else file.open(encoding="utf-8")).read().splitlines()
-    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    counts = {"accepted": 0, "duplicate": 0, "amended": 0, "followups": 0, "rejected": 0}
+    unpublished: dict[str, list[str]] = {"deliver": [], "followup": []}
+
+    def publish(what: str, ref: str) -> None:
+        from hubbridge.workflows.tasks import enqueue_delivery, enqueue_followups
+
+        try:
+            (enqueue_delivery if what == "deliver" else enqueue_followups)(ref)
+        except Exception:  # the broker is down: the work is stored; the next sweep publishes it
+            unpublished[what].append(ref)
+
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("submitting", total=len(lines))
         for n, line in enumerate(lines, 1):
@@ -140,18 +165,37 @@ def submit(
             if not line.strip():
                 continue
             try:
+                if _is_followup(line):
+                    fu = accept_followup(rt, line, channel="file")
+                    counts["duplicate" if fu.duplicate else "followups"] += 1
+                    if enqueue and not fu.duplicate:
+                        publish("followup", fu.hub_ref)
+                    continue
                 acc = accept_case(rt, line, channel="file")
             except CaseValidationError as exc:
                 counts["rejected"] += 1
                 console.print(f"[red]{file}:{n}:[/] {exc}")
                 continue
-            counts["duplicate" if acc.duplicate else "accepted"] += 1
+            counts["amended" if acc.amended else "duplicate" if acc.duplicate else "accepted"] += 1
             if enqueue and not acc.duplicate:
-                from hubbridge.workflows.tasks import enqueue_delivery
-
-                enqueue_delivery(acc.hub_ref)
+                publish("deliver", acc.hub_ref)
+            if enqueue and acc.amended:
+                publish("followup", acc.hub_ref)
+    if unpublished["deliver"] or unpublished["followup"]:
+        mark_unpublished(rt, deliver=unpublished["deliver"], followup=unpublished["followup"])
+        console.print(f"[yellow]the broker could not be reached for {sum(map(len, unpublished.values()))} "
+                      "items: they are stored and beat's next sweep queues them[/]")
     out.print(json.dumps(counts))
     raise typer.Exit(1 if counts["rejected"] else 0)
+
+
+def _is_followup(line: str) -> bool:
+    """A follow-up line names a `kind` and no `service` (a case always names its service)."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "kind" in data and "service" not in data
 
 
 @app.command()
@@ -197,6 +241,13 @@ def status(
     for u in trail["hub_updates"]:
         ups.add_row(str(u["sequence"]), u["status"], (u["pushed_at"] or "pending")[:19])
     out.print(ups)
+    if trail["followups"]:
+        fus = Table("seq", "kind", "state", "via", "attempts", "received", "delivered", "last error",
+                    title="follow-ups to the back office")
+        for f in trail["followups"]:
+            fus.add_row(str(f["sequence"]), f["kind"], f["state"], f["via"] or "-", str(f["attempts"]),
+                        f["received_at"][:19], (f["delivered_at"] or "-")[:19], (f["last_error"] or "")[:60])
+        out.print(fus)
     if trail["dead_letters"]:
         dl = Table("id", "stage", "reason", "detail", title="dead letters")
         for d in trail["dead_letters"]:

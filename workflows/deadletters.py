@@ -39,6 +39,7 @@ from hubbridge.store import (
     session_scope,
     utcnow,
 )
+from hubbridge.workflows import metrics
 
 if TYPE_CHECKING:
     from hubbridge.workflows.runtime import Runtime
@@ -99,6 +100,7 @@ def dead_letter(
         last_seen_at=utcnow(),
     )
     session.add(row)
+    metrics.dead_lettered_on_commit(session, stage, reason)
     record_event(session, hub_ref, "dead_lettered", stage=stage, reason=reason, detail=row.detail[:500])
     log.warning("dead_lettered", stage=stage, reason=reason, detail=detail[:300], hub_ref=hub_ref)
     return row
@@ -194,7 +196,8 @@ def replay(rt: Runtime, dead_id: int, *, by: str) -> str:
         ).rowcount
         if not claimed:
             return f"dead letter {dead_id} is being replayed or was just closed by someone else; nothing done"
-        if stage != "intake":
+        refused_at_door = stage == "followup" and row.reason in FOLLOWUP_INTAKE_REASONS
+        if stage != "intake" and not refused_at_door:
             # Everything but intake only touches the store, so it commits with the claim or not at all.
             try:
                 message = _replay_in_store(rt, s, row)
@@ -208,7 +211,8 @@ def replay(rt: Runtime, dead_id: int, *, by: str) -> str:
         payload = row.payload
     # Intake writes through accept_case's own transactions; the claim above is undone if it fails.
     try:
-        message = _replay_intake(rt, dead_id, payload)
+        message = (_replay_followup_intake(rt, dead_id, payload) if refused_at_door
+                   else _replay_intake(rt, dead_id, payload))
     except DeadLetterReplayError as exc:
         _replay_failed(rt, dead_id, hub_ref, by, exc, unclaim=True)
         raise
@@ -254,6 +258,43 @@ def _replay_intake(rt: Runtime, dead_id: int, payload: str) -> str:
     return f"dead letter {dead_id}: case {accepted.hub_ref} taken in and queued for delivery"
 
 
+FOLLOWUP_INTAKE_REASONS = ("unknown_case", "invalid_followup")
+"""Reasons a follow-up was refused at the door (not taken in): replay takes it in again."""
+
+
+def _replay_followup_intake(rt: Runtime, dead_id: int, payload: str) -> str:
+    from hubbridge.workflows.followups import accept_followup
+
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise DeadLetterReplayError(f"dead letter {dead_id} is not a JSON follow-up") from None
+    if isinstance(data, dict) and any(isinstance(a, dict) and a.get("content") == "(left out)"
+                                      for a in data.get("attachments") or []):
+        raise DeadLetterReplayError(f"dead letter {dead_id}: its files were not kept",
+                                    hint="ask the Hub to send the evidence again")
+    # the refusal's own dead letter is this one: a check first, so a replay failing again adds none
+    from hubbridge.case import HubFollowUp
+    from hubbridge.store import CaseRow as _Case
+
+    try:
+        followup = HubFollowUp.model_validate(data)
+    except ValidationError as exc:
+        raise DeadLetterReplayError(f"dead letter {dead_id} is still not a valid follow-up: "
+                                    f"{exc.errors()[0]['msg']}") from None
+    with session_scope(rt.url) as s:
+        if s.scalar(select(_Case.id).where(_Case.hub_ref == followup.ref)) is None:
+            raise DeadLetterReplayError(f"dead letter {dead_id}: case {followup.ref} is still not in the store",
+                                        hint="replay the case first, or discard this follow-up")
+    try:
+        accepted = accept_followup(rt, data, channel="replay")
+    except CaseValidationError as exc:
+        raise DeadLetterReplayError(f"dead letter {dead_id} was refused again: {exc}") from None
+    if accepted.duplicate:
+        return f"dead letter {dead_id}: follow-up {accepted.sequence} of {accepted.hub_ref} was already taken in"
+    return f"dead letter {dead_id}: follow-up {accepted.sequence} of {accepted.hub_ref} taken in and queued"
+
+
 def _intake_problem(rt: Runtime, payload: str) -> str | None:
     try:
         data = json.loads(payload)
@@ -282,6 +323,18 @@ def _replay_in_store(rt: Runtime, s: Session, row: DeadLetterRow) -> str:
         return _resync(s, row)
     if row.stage == POISON_STAGE:
         return _replay_poison(s, row)
+    from hubbridge.sla.escalate import ESCALATE_STAGE, replay_escalation
+
+    if row.stage == ESCALATE_STAGE:
+        return replay_escalation(s, row)
+    if row.stage == "followup":
+        from hubbridge.workflows.followups import rearm
+
+        try:
+            data = json.loads(row.payload)
+        except ValueError:
+            data = {}
+        return rearm(s, row.hub_ref, data if isinstance(data, dict) else {}, row.id)
     raise DeadLetterReplayError(f"dead letter {row.id} is from stage {row.stage!r}, which has no replay")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +34,7 @@ from hubbridge.store import (
     session_scope,
     utcnow,
 )
-from hubbridge.workflows import retry
+from hubbridge.workflows import metrics, retry
 from hubbridge.workflows.circuit import CircuitBreaker
 from hubbridge.workflows.deadletters import dead_letter
 from hubbridge.workflows.outbox import hub_refused, set_status
@@ -122,6 +123,7 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
             known_new=True,  # created only once the claim's bookkeeping, or find, says there is no job yet
         )
         result = None
+        began = time.perf_counter()
         with throttle.slot():
             if unknown or attempts > 0:
                 throttle.pace(THROTTLE_WAIT_SECONDS)
@@ -131,6 +133,7 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
                 throttle.pace(THROTTLE_WAIT_SECONDS)
                 result = conn.create(delivery)
         breaker.success()
+        call_seconds = time.perf_counter() - began
     except BackOfficeUnavailable as exc:
         return _retry_later(rt, case, exc, route.connector, count_attempt=False)
     except UnknownOutcomeError as exc:
@@ -156,7 +159,8 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
         # transaction): a crash in between leaves the case claimed, and its retry finds the job and sends the same
         # (ref, sequence), which the Hub already has. A case with earlier updates leaves this one to the push,
         # which sends them in order.
-        told = _tell_hub(rt, _delivered_update(hub_ref, 1, conn.name, result.backoffice_ref, now))
+        told = _tell_hub(rt, _delivered_update(hub_ref, 1, conn.name, result.backoffice_ref, now),
+                         (conn.name, case.service, case.authority))
     with session_scope(rt.url) as s:
         found = s.execute(_CASE_DELIVERED, {"ref": hub_ref, "connector": conn.name}).first()
         if found is None or found[0].stage != "received":
@@ -186,6 +190,7 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
         if told is not None:
             told.record(s, row, outbox)
     log.info("case.delivered", hub_ref=hub_ref, connector=conn.name, backoffice_ref=result.backoffice_ref)
+    metrics.delivered(conn.name, case.service, case.authority, call_seconds, row.received_at)
     if told is not None:
         # sent (or dead-lettered) with the delivery; a Hub that failed gets a push task, which backs off
         return Outcome(OutcomeKind.DONE, result.backoffice_ref, push=[] if told.settled else [hub_ref])
@@ -237,9 +242,9 @@ class _Told:
 
 
 
-def _tell_hub(rt: Runtime, upd: CaseUpdate) -> _Told:
+def _tell_hub(rt: Runtime, upd: CaseUpdate, labels: tuple[str, str, str]) -> _Told:
     try:
-        rt.hub.push_update(upd)
+        metrics.push_observed(rt.hub.push_update, upd, labels)
     except Exception as exc:  # whatever it was, the delivery must still be recorded: the back office has the job
         log.warning("deliver.hub_not_told", hub_ref=upd.ref, error=str(exc)[:200])
         return _Told(upd, exc)
@@ -336,6 +341,7 @@ def _retry_later(
             unknown_outcome=row.unknown_outcome,
         )
     log.warning("deliver.retry", hub_ref=case.ref, error=str(exc)[:200], in_seconds=round(delay, 1))
+    metrics.DELIVERY_RETRIES.labels(instance.name, case.service, case.authority).inc()
     return Outcome(OutcomeKind.RETRY, str(exc), retry_in=delay)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,12 +28,16 @@ from urllib.parse import urlsplit
 from hubbridge.workflows.simulated import (
     DEMO_SECRETS,
     PLUGINS,
+    MailSink,
     SimulatorProcess,
     SimulatorSet,
+    WebhookSink,
     demo_environment,
     load,
     simulator_config,
     simulator_for,
+    use_mail_sink,
+    webhook_variables,
 )
 
 CLI = ("-m", "hubbridge.workflows.cli")
@@ -75,6 +80,8 @@ class Harness:
     cwd: Path | None = None  # the processes' working directory (default: the caller's)
     watch_processes: bool = True  # a process that exits fails a wait (a fault test kills some on purpose)
     sims: SimulatorSet | SimulatorProcess | None = None
+    mail: MailSink | None = None
+    webhooks: WebhookSink | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     config_dir: Path | None = None
@@ -99,6 +106,8 @@ class Harness:
         self.database_url = self.database_url or f"sqlite:///{self.root / 'hubbridge.sqlite'}"
         self.broker_url = self.broker_url or f"embedded+sqlite:///{self.root / 'broker.sqlite'}"
         migrate(self.database_url)
+        # a run's metrics start from nothing: files left by an earlier run's processes would count in this one's
+        shutil.rmtree(self.root / "metrics", ignore_errors=True)
         if self.simulators_apart:
             self.sims = SimulatorProcess(self.plugins, tick_seconds=self.tick_seconds)
         else:
@@ -106,6 +115,9 @@ class Harness:
         self.config_dir = simulator_config(
             self.root / "config", self.sims.hub_endpoint, self.sims.plugin_urls, source=self.config_source,
             plugins=None if set(self.plugins) == set(PLUGINS) else set(self.plugins), instance=self.instance)
+        self.mail = MailSink().start()
+        use_mail_sink(self.config_dir, self.mail.port)
+        self.webhooks = WebhookSink().start()
         self.adjust_config(self.config_dir)
         self.env = self.environment(self.config_dir)
         return self
@@ -126,10 +138,13 @@ class Harness:
             "HUBBRIDGE_DATA_DIR": str(self.root),
             "HUBBRIDGE_DATABASE_URL": self.database_url,
             "HUBBRIDGE_BROKER_URL": self.broker_url,
+            "HUBBRIDGE_METRICS_DIR": str(self.root / "metrics"),
             "HUBBRIDGE_LOG_FORMAT": "json",
             "HUBBRIDGE_LOG_LEVEL": self.log_level,
             "HUBBRIDGE_SWEEP_SECONDS": f"{self.sweep_seconds:g}",
             "HUBBRIDGE_RECONCILE_AFTER_SECONDS": f"{self.reconcile_after_seconds:g}",
+            # every Teams / Slack channel the SLA escalations post to is the run's webhook sink, one path each
+            **({env: self.webhooks.url(env.lower()) for env in webhook_variables(cfg)} if self.webhooks else {}),
             **self.extra_env,
         }
 
@@ -151,6 +166,8 @@ class Harness:
         """Start the intake API (and console), with `wait` until it answers; its base URL."""
         port = port or free_port()
         self.api_url = f"http://127.0.0.1:{port}"
+        # escalation messages link to the console this API serves (workers and beat start after it)
+        self.env.setdefault("HUBBRIDGE_CONSOLE_BASE_URL", self.api_url)
         self.spawn("api", ["api", "--host", "127.0.0.1", "--port", str(port)])
         if wait:
             self.wait_api()
@@ -213,6 +230,12 @@ class Harness:
         if self.sims is not None:
             self.sims.stop()
             self.sims = None
+        if self.mail is not None:
+            self.mail.stop()
+            self.mail = None
+        if self.webhooks is not None:
+            self.webhooks.stop()
+            self.webhooks = None
         from hubbridge.store import engine_for
 
         if self.database_url:
@@ -294,6 +317,47 @@ class Harness:
         if out.at:
             out.first, out.last = min(out.at.values()), max(out.at.values())
         return out
+
+    def post_followups(self, followups: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, int]:
+        """POST each follow-up, signed, in order (a case's follow-ups must arrive in the order the Hub made them):
+        kind `repost` to /cases (the case again, changed), the others to /cases/{ref}/events. Counts by answer."""
+        import requests
+
+        from hubbridge.signing import sign
+
+        secret = self.env.get("HUBBRIDGE_INTAKE_SECRET", DEMO_SECRETS["HUBBRIDGE_INTAKE_SECRET"])
+        counts = {"submitted": 0, "duplicate": 0, "refused": 0}
+        with requests.Session() as http:
+            for kind, body in followups:
+                raw = json.dumps(body).encode()
+                path = "/cases" if kind == "repost" else f"/cases/{body['ref']}/events"
+                resp = http.post(self.api_url + path, data=raw, timeout=60,
+                                 headers={"Content-Type": "application/json", **sign(raw, secret)})
+                answer = resp.json() if resp.status_code == 202 else {}
+                if answer.get("status") in ("accepted", "amended"):
+                    counts["submitted"] += len(answer.get("followups", [])) if kind == "repost" else 1
+                elif answer.get("status") == "duplicate":
+                    counts["duplicate"] += 1
+                else:
+                    counts["refused"] += 1
+        return counts
+
+    def followup_states(self) -> dict[str, int]:
+        """How many follow-ups the store holds in each state (pending, delivered, dead)."""
+        from hubbridge.store import session_scope
+        from hubbridge.workflows.followups import counts
+
+        with session_scope(self.database_url) as s:
+            return counts(s)
+
+    def wait_followups(self, timeout: float = 120.0) -> dict[str, int]:
+        """Wait until no follow-up is pending (or `timeout`); the states then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.followup_states()
+            if not found.get("pending") or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.5)
 
     def submit_file(self, cases: Sequence[dict[str, Any]]) -> dict[str, int]:
         """Hand the cases to `hubbridge submit` as a JSON Lines file; its counts."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -123,6 +123,8 @@ def _field_errors(exc: ValidationError) -> dict[str, str]:
 class Accepted:
     hub_ref: str
     duplicate: bool
+    amended: list[int] = field(default_factory=list)
+    """The sequences of the follow-ups a re-posted case with changed content became (empty: nothing changed)."""
 
 
 def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str = "api") -> Accepted:
@@ -207,8 +209,13 @@ def accept_case(rt: Runtime, raw: bytes | str | dict[str, Any], *, channel: str 
             s.rollback()
             if s.scalar(select(CaseRow.id).where(CaseRow.hub_ref == case.ref)) is None:
                 raise  # some other constraint: not a duplicate
-            record_event(s, case.ref, "intake.duplicate", channel=channel)
-            return Accepted(case.ref, duplicate=True)
+            from hubbridge.workflows.followups import amend_from_repost
+
+            # the Hub re-sent a case it had sent: what changed is news for the back office, never dropped
+            amended = amend_from_repost(rt, s, case, channel)
+            if not amended:
+                record_event(s, case.ref, "intake.duplicate", channel=channel)
+            return Accepted(case.ref, duplicate=True, amended=amended)
     log.info("case.accepted", hub_ref=case.ref, service=case.service, authority=case.authority)
     return Accepted(case.ref, duplicate=False)
 

@@ -22,7 +22,7 @@ from hubbridge.store import (
     session_scope,
     utcnow,
 )
-from hubbridge.workflows import retry
+from hubbridge.workflows import metrics, retry
 from hubbridge.workflows.deadletters import dead_letter
 from hubbridge.workflows.runtime import Outcome, OutcomeKind, Runtime
 
@@ -133,6 +133,7 @@ def push_cases(
     acks: dict[str, CaseUpdate] = {}  # ref -> its first pushed update carrying the back-office reference
     refused: list[tuple[HubUpdateRow, ConnectorError]] = []
     failed: tuple[HubUpdateRow, TransientError, float] | None = None
+    took: list[metrics.PushTiming] = []
     for ref, rows in by_ref.items():
         if failed is not None:
             untried = f"not tried: the Hub failed on {failed[0].hub_ref}"
@@ -142,7 +143,7 @@ def push_cases(
         for row in rows:
             upd = CaseUpdate.model_validate(row.payload)
             try:
-                rt.hub.push_update(upd)
+                metrics.timed_push(rt.hub.push_update, upd, took)
             except TransientError as exc:
                 failed = (row, exc, retry.hub_backoff(row.attempts + 1, exc.retry_after))
                 log.warning("hub.push.retry", hub_ref=ref, sequence=row.sequence, error=str(exc)[:200])
@@ -164,6 +165,7 @@ def push_cases(
         return outcomes
     now = utcnow()
     with session_scope(rt.url) as s:
+        metrics.observe_pushes(took, metrics.case_labels(s, took))
         if sent:
             s.execute(_PUSHED, {"ids": sent, "now": now})
         for row, exc in refused:

@@ -13,11 +13,14 @@ ALL = (DELIVER, HUB, SYNC, CONTROL)
 
 TASK_QUEUES = {
     "hubbridge.deliver_case": DELIVER,
+    "hubbridge.deliver_followups": DELIVER,
     "hubbridge.push_hub": HUB,
     "hubbridge.poll_connector": SYNC,
     "hubbridge.reconcile": CONTROL,
     "hubbridge.poll_due": CONTROL,
     "hubbridge.drain_dead": CONTROL,
+    "hubbridge.send_escalations": CONTROL,
+    "hubbridge.privacy_retention": CONTROL,
 }
 """Which queue each task is sent to."""
 

@@ -14,11 +14,13 @@ from sqlalchemy import select, update
 
 from hubbridge.store import (
     CaseRow,
+    FollowUpRow,
     HubUpdateRow,
     SyncCursorRow,
     session_scope,
     utcnow,
 )
+from hubbridge.workflows import followups
 from hubbridge.workflows.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ class Sweep:
     deliver: list[str] = field(default_factory=list)
     push: list[str] = field(default_factory=list)
     poll: list[str] = field(default_factory=list)
+    followups: list[str] = field(default_factory=list)
     sla: SweepResult | None = None
 
 
@@ -69,6 +72,7 @@ def reconcile(rt: Runtime, now: datetime | None = None, limit: int = 5000) -> Sw
                 .values(next_attempt_at=lease)
             )
         out.push = list(prefs)
+        out.followups = followups.due(s, now, lease, limit)
         out.sla = rt.sla.sweep(s, now)
         out.push = sorted(set(out.push) | set(out.sla.hub_refs))
     return out
@@ -126,7 +130,8 @@ def due_polls(rt: Runtime, now: datetime | None = None, within: float = 0.0) -> 
     return due
 
 
-def mark_unpublished(rt: Runtime, deliver: Sequence[str] = (), push: Sequence[str] = ()) -> None:
+def mark_unpublished(rt: Runtime, deliver: Sequence[str] = (), push: Sequence[str] = (),
+                     followup: Sequence[str] = ()) -> None:
     """Make work whose message could not be published due now, so the next sweep (seconds away) publishes it.
 
     Without this, a case accepted while the broker was down waited for its reconcile lease (minutes).
@@ -139,6 +144,12 @@ def mark_unpublished(rt: Runtime, deliver: Sequence[str] = (), push: Sequence[st
                 s.execute(
                     update(CaseRow)
                     .where(CaseRow.hub_ref.in_(list(deliver)), CaseRow.stage == "received")
+                    .values(next_attempt_at=now)
+                )
+            if followup:
+                s.execute(
+                    update(FollowUpRow)
+                    .where(FollowUpRow.hub_ref.in_(list(followup)), FollowUpRow.state == "pending")
                     .values(next_attempt_at=now)
                 )
             if push:

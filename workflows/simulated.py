@@ -143,6 +143,124 @@ def simulator_for(plugin: str, port: int = 0, config: Config | None = None) -> A
     raise ValueError(f"no simulator for plugin {plugin!r}")
 
 
+class MailSink:
+    """The council's mail relay as the demo and tests see it: an SMTP server on loopback keeping what it takes."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.messages: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._controller: Any = None
+
+    def start(self) -> MailSink:
+        import socket
+
+        from aiosmtpd.controller import Controller
+
+        if not self.port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        from email import message_from_bytes
+
+        msg = message_from_bytes(envelope.content)
+        with self._lock:
+            self.messages.append({"to": list(envelope.rcpt_tos), "subject": msg.get("Subject", ""),
+                                  "message_id": msg.get("Message-ID", ""), "from": envelope.mail_from})
+        return "250 OK"
+
+    def received(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.messages)
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+class WebhookSink:
+    """Teams / Slack incoming webhooks as the demo and tests see them: an HTTP server on loopback keeping each
+    JSON message posted to it, by path (one path per channel)."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server: Any = None
+
+    def start(self) -> WebhookSink:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    message = json.loads(body)
+                except ValueError:
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                with sink._lock:
+                    sink.messages.append({"path": self.path, "body": message})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"1")  # what Slack and Teams answer
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, name="webhook-sink", daemon=True).start()
+        return self
+
+    def url(self, channel: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/{channel}"
+
+    def received(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.messages)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def webhook_variables(cfg: Path) -> list[str]:
+    """The environment variables sla.yaml's webhook targets read their URLs from."""
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe").load((cfg / "sla.yaml").read_text()) or {}
+    return sorted({t["url_env"] for e in (data.get("escalations") or {}).values()
+                   for t in (e.get("targets") or []) if isinstance(t, dict) and t.get("url_env")})
+
+
+def use_mail_sink(cfg: Path, port: int) -> None:
+    """Point the written config's SMTP relay (sla.yaml `smtp:`) at a loopback sink: plain SMTP, this machine."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    path = cfg / "sla.yaml"
+    data = yaml.load(path.read_text())
+    if data.get("smtp") is None:
+        return
+    data["smtp"]["host"], data["smtp"]["port"], data["smtp"]["security"] = "127.0.0.1", port, "none"
+    for key in ("username_env", "password_env"):
+        data["smtp"].pop(key, None)
+    with path.open("w") as fh:
+        yaml.dump(data, fh)
+
+
 class SimulatorSet:
     """The Hub and one simulator per plugin, serving in this process, moving jobs along every `tick_seconds`."""
 
@@ -207,6 +325,20 @@ class SimulatorSet:
                 counts[ref] = counts.get(ref, 0) + n
         return counts
 
+    def followup_records(self) -> list[dict[str, Any]]:
+        """Every follow-up operation the back offices carried out, from their own records: each
+        {plugin, backoffice_ref, hub_ref, kind, text, documents}."""
+        found: list[dict[str, Any]] = []
+        for plugin, sim in self.backoffices.items():
+            with sim.store._lock:
+                jobs = list(sim.store.jobs.values())
+            for job in jobs:
+                for record in job.data.get("followups", ()):
+                    found.append({"plugin": plugin, "backoffice_ref": job.ref, "hub_ref": job.hub_ref,
+                                  "kind": record["kind"], "text": record["text"],
+                                  "documents": list(record.get("documents", ()))})
+        return found
+
     def stop(self) -> None:
         for sim in (self.hub, *self.backoffices.values()):
             with contextlib.suppress(Exception):
@@ -222,7 +354,7 @@ def sync_lags(hub: Any, refs: Iterable[str]) -> list[float]:
     return sorted(lags)
 
 
-QUESTIONS = ("acks", "backoffice_refs", "hub_anomalies", "sync_lags", "job_counts")
+QUESTIONS = ("acks", "backoffice_refs", "hub_anomalies", "sync_lags", "job_counts", "followup_records")
 """What a `SimulatorProcess` may be asked: the `SimulatorSet` methods of that name."""
 
 
@@ -280,6 +412,9 @@ class SimulatorProcess:
 
     def job_counts(self) -> dict[str, int]:
         return dict(self._ask("job_counts"))
+
+    def followup_records(self) -> list[dict[str, Any]]:
+        return list(self._ask("followup_records"))
 
     def stop(self) -> None:
         with contextlib.suppress(Exception), self._lock:

@@ -202,6 +202,11 @@ def _record_found_delivery(
     known.wrote(outbox)
 
 
+def _own_followup(note: str | None, hub_ref: str) -> bool:
+    """Whether a back-office note is one of our follow-ups read back: connectors head them with their key."""
+    return bool(note) and (note.startswith(f"[{hub_ref}/") or note.startswith(f"[Hub {hub_ref}/"))  # type: ignore[union-attr]
+
+
 _OUR_STATUSES = frozenset({HubStatus.RECEIVED.value, HubStatus.ROUTED.value, HubStatus.DELIVERED.value})
 
 
@@ -243,6 +248,10 @@ def _apply_update(
         hub_status=tr.status.value if tr.status else None,
     )
     if tr.status is None and not tr.note:
+        return None
+    if _own_followup(upd.note, hub_ref) and (tr.status is None or tr.status.value == row.status):
+        # our own follow-up (its key heads the note) read back from the back office: the Hub said it first
+        record_event(s, hub_ref, "backoffice.update.own_followup", update_id=upd.update_id)
         return None
     # Only a back office's own earlier news is stale. Our statuses (routed, delivered) carry our clock, and a
     # job can live through several of its steps before a slow or retried delivery records `delivered`.

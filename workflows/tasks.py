@@ -11,7 +11,7 @@ import structlog
 from celery import Task
 from celery.exceptions import Retry
 
-from hubbridge.workflows import delivery, outbox, retry, schedule, sync
+from hubbridge.workflows import delivery, followups, outbox, retry, schedule, sync
 from hubbridge.workflows.app import app
 from hubbridge.workflows.retry import STORE_RETRY
 from hubbridge.workflows.runtime import Outcome, OutcomeKind, Runtime, runtime
@@ -38,6 +38,10 @@ def enqueue_delivery(hub_ref: str, priority: int = 0) -> None:
 
 def enqueue_push(hub_ref: str, priority: int = 0) -> None:
     push_hub.apply_async(args=[hub_ref], priority=priority)
+
+
+def enqueue_followups(hub_ref: str, priority: int = 0) -> None:
+    deliver_followups.apply_async(args=[hub_ref], priority=priority)
 
 
 def _push_now(rt: Runtime, refs: list[str], *, event: str) -> list[str]:
@@ -72,6 +76,15 @@ def deliver_case(self: Task, hub_ref: str) -> str:
     return outcome.kind
 
 
+@app.task(name="hubbridge.deliver_followups", bind=True, max_retries=None, **STORE_RETRY)
+def deliver_followups(self: Task, hub_ref: str) -> str:
+    outcome = followups.deliver_followups(runtime(), hub_ref)
+    if outcome.more:
+        enqueue_followups(hub_ref)
+    _after(self, outcome, hub_ref=hub_ref)
+    return outcome.kind
+
+
 @app.task(name="hubbridge.push_hub", bind=True, max_retries=None, **STORE_RETRY)
 def push_hub(self: Task, hub_ref: str) -> str:
     outcome = outbox.push_hub(runtime(), hub_ref)
@@ -102,10 +115,12 @@ def reconcile() -> dict[str, Any]:
         enqueue_delivery(ref, priority=priority.get(ref, 0))
     for ref in sweep.push:
         enqueue_push(ref, priority=priority.get(ref, 0))
+    for ref in sweep.followups:
+        enqueue_followups(ref)
     _publish_escalations(rt)
-    if sweep.deliver or sweep.push:
-        log.info("reconcile", requeued=len(sweep.deliver), pushes=len(sweep.push))
-    return {"deliver": len(sweep.deliver), "push": len(sweep.push)}
+    if sweep.deliver or sweep.push or sweep.followups:
+        log.info("reconcile", requeued=len(sweep.deliver), pushes=len(sweep.push), followups=len(sweep.followups))
+    return {"deliver": len(sweep.deliver), "push": len(sweep.push), "followups": len(sweep.followups)}
 
 
 def _publish_escalations(rt: Runtime) -> None:
@@ -118,6 +133,16 @@ def _publish_escalations(rt: Runtime) -> None:
             publish_escalations(s, conn, rt.sla.config)
     except Exception as exc:  # the outbox keeps them; the broker or store will be back
         log.warning("sla.escalations.unpublished", error=str(exc)[:200])
+
+
+@app.task(name="hubbridge.send_escalations")
+def send_escalations() -> dict[str, Any]:
+    """Send due SLA warnings and breaches to their e-mail and webhook targets, and chase back offices."""
+    from hubbridge.sla.escalate import followup_chaser
+    from hubbridge.sla.escalate import send_escalations as send
+
+    rt = runtime()
+    return send(rt.url, rt.sla.config, rt.settings, chaser=followup_chaser(rt)).as_dict()
 
 
 @app.task(name="hubbridge.poll_due")

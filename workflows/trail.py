@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from hubbridge.store import CaseRow, DeadLetterRow, EventRow, HubUpdateRow, LinkRow, session_scope
+from hubbridge.workflows.followups import followups_of
 
 
 def case_trail(url: str, ref: str) -> dict[str, Any] | None:
@@ -56,6 +57,7 @@ def case_trail(url: str, ref: str) -> dict[str, Any] | None:
                 }
                 for u in updates
             ],
+            "followups": followups_of(s, hub_ref),
             "dead_letters": [
                 {
                     "id": d.id,

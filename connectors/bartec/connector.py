@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import mimetypes
+import re
 import threading
+import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,9 +17,19 @@ from cachetools import LRUCache
 from lxml import etree
 from pydantic import ValidationError
 
-from hubbridge.case import LONDON
+from hubbridge.case import LONDON, FollowUpKind
 from hubbridge.connectors.bartec.options import BartecOptions
-from hubbridge.connectors.base import BackOfficeUpdate, Connector, CreateResult, Delivery, TargetField, UpdatePage
+from hubbridge.connectors.base import (
+    BackOfficeUpdate,
+    Connector,
+    CreateResult,
+    Delivery,
+    Document,
+    FollowUp,
+    FollowUpResult,
+    TargetField,
+    UpdatePage,
+)
 from hubbridge.connectors.http import HttpClient
 from hubbridge.connectors.soap import call, make_client, target_fields_of
 from hubbridge.errors import BadResponseError, ConfigError, OutcomeUnknown, PermanentError, TransientError
@@ -29,7 +42,7 @@ BINDING = f"{{{TNS}}}CollectiveAPISoap"
 CREATE_ELEMENT = f"{{{TNS}}}ServiceRequest_Create"
 SAFE_OPERATIONS = frozenset({
     "Authenticate", "ServiceRequests_Get", "ServiceRequests_Updates_Get", "ServiceRequests_History_Get",
-    "ServiceRequests_Statuses_Get", "ServiceRequests_Notes_Types_Get", "Premises_Get",
+    "ServiceRequests_Statuses_Get", "ServiceRequests_Notes_Types_Get", "Premises_Get", "ServiceRequests_Detail_Get",
 })
 """Read-only operations: a timeout on them is a plain transient error, not an unknown outcome."""
 CONNECTOR_FILLED = ("token", "ExternalReference")
@@ -43,6 +56,14 @@ filter (all of a request's history or none, by whether Date is before the reques
 omitted Date with "SqlDateTime overflow", so ask for everything and de-duplicate."""
 INVALID_TOKEN = "Invalid Token"
 TYPE_CACHE_SIZE = 10_000
+NOTE_KINDS = frozenset({FollowUpKind.NOTE, FollowUpKind.AMENDMENT})
+"""Follow-ups Bartec takes as a note (ServiceRequest_Note_Create), under the note type the options give each."""
+NOTE_MAX = 2000
+COMMENTS_MAX = 500
+DOCUMENT_NAME_MAX = 255
+EXTENSION = re.compile(r"^[A-Za-z0-9]{1,10}$")
+UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+CANCELLED = "CANCELLED"
 """Jobs whose service type is remembered per connector instance and process (one SOAP call saved per update)."""
 
 
@@ -106,6 +127,12 @@ class BartecConnector(Connector):
     plugin = "bartec"
     supports_cancel = True
     supports_notes = True
+    followup_kinds = frozenset({FollowUpKind.NOTE, FollowUpKind.AMENDMENT, FollowUpKind.EVIDENCE,
+                                FollowUpKind.CANCEL})
+    """Notes and amendments as notes, evidence as stored documents, cancel as the type's CANCELLED status. Not
+    PRIORITY: a Bartec request's urgency is its SLA (SLAID, from the service type's DefaultSLA at create), which no
+    public client changes afterwards, and a note would leave the SLA clock as it was. Not REOPEN: no public source
+    shows Bartec taking an open status on a closed or cancelled request. The route's config handles those two."""
 
     def __init__(self, instance: Any, env: Mapping[str, str] | None = None) -> None:
         super().__init__(instance, env)
@@ -135,6 +162,7 @@ class BartecConnector(Connector):
         self._type_of: LRUCache[str, str] = LRUCache(maxsize=TYPE_CACHE_SIZE)
         self._statuses: dict[tuple[str, str], int] = {}  # (ServiceTypeID, status name) -> status ID
         self._note_type_id: int | None = None
+        self._note_types: dict[str, int] | None = None  # note type description -> ID, per installation
         self._fields: dict[str, TargetField] | None = None
 
     @property
@@ -424,18 +452,186 @@ class BartecConnector(Connector):
 
     def add_note(self, backoffice_ref: str, note: str) -> None:
         if self._note_type_id is None:
+            types = self._installation_note_types()
+            self._note_type_id = types.get(self.note_type, next(iter(types.values())))
+        self._invoke("ServiceRequest_Note_Create", ref=backoffice_ref, ServiceCode=backoffice_ref,
+                     NoteTypeID=self._note_type_id, Note=_bounded(note, NOTE_MAX), Comment="Note added by hubbridge")
+
+    def _installation_note_types(self) -> dict[str, int]:
+        """This installation's note types by description (each council sets up its own)."""
+        if self._note_types is None:
             result = self._invoke("ServiceRequests_Notes_Types_Get")
             types = {t.Description.strip(): t.ID for t in result.ServiceNoteType or [] if t.Description}
             if not types:
                 raise BadResponseError("ServiceRequests_Notes_Types_Get: no note types", instance=self.name)
-            self._note_type_id = types.get(self.note_type, next(iter(types.values())))
-        if len(note) > 2000:  # Bartec's note field is bounded; keep the start and say so
-            note = note[:1980] + " … (truncated)"
-        self._invoke("ServiceRequest_Note_Create", ref=backoffice_ref, ServiceCode=backoffice_ref,
-                     NoteTypeID=self._note_type_id, Note=note, Comment="Note added by hubbridge")
+            self._note_types = types
+        return self._note_types
+
+    # -- follow-ups (issue 22) ---------------------------------------------------------------------
+    def follow_up(self, followup: FollowUp) -> FollowUpResult:
+        """Send one follow-up: a note (note, amendment), documents (evidence) or the CANCELLED status (cancel).
+
+        Bartec is not idempotent (a second call makes a second note or document), so the follow-up's key goes
+        where `find_follow_up` reads it back, and a follow-up not `known_new` is looked for before it is sent.
+        """
+        if followup.kind not in self.followup_kinds:
+            return super().follow_up(followup)
+        bound = self.log.bind(backoffice_ref=followup.backoffice_ref, key=followup.key, kind=followup.kind.value)
+        if followup.kind == FollowUpKind.EVIDENCE:
+            # reads the request anyway (Document_Create wants its numeric id), so it skips what is there itself
+            return self._send_evidence(followup, bound)
+        if not followup.known_new:
+            found = self.find_follow_up(followup)
+            if found is not None:
+                bound.info("bartec.followup.exists")
+                return found
+        if followup.kind == FollowUpKind.CANCEL:
+            self.cancel(followup.backoffice_ref, f"{_note_tag(followup.key)} {followup.text}")
+            bound.info("bartec.followup.done")
+            return FollowUpResult(raw={"status": CANCELLED})
+        result = self._invoke("ServiceRequest_Note_Create", ref=followup.backoffice_ref,
+                              ServiceCode=followup.backoffice_ref, NoteTypeID=self._followup_note_type(followup),
+                              Note=_bounded(f"{_note_tag(followup.key)} {followup.text}", NOTE_MAX),
+                              Comment=_bounded(str(followup.fields.get("Comment") or "Note added by hubbridge"),
+                                               COMMENTS_MAX))
+        note_id = getattr(result, "NoteID", None)
+        bound.info("bartec.followup.done", note_id=note_id)
+        return FollowUpResult(backoffice_id=None if note_id is None else str(note_id), raw={"NoteID": note_id})
+
+    def find_follow_up(self, followup: FollowUp) -> FollowUpResult | None:
+        """Bartec's own record of the follow-up: a note on the request that starts with the key, every document
+        named for it (both read with `ServiceRequests_Detail_Get`), or, for cancel, the request being CANCELLED."""
+        if followup.kind not in self.followup_kinds:
+            return super().find_follow_up(followup)
+        code = followup.backoffice_ref
+        if followup.kind == FollowUpKind.CANCEL:
+            job = self._job(code)
+            status = job.ServiceStatus.Status.strip() if job.ServiceStatus is not None else None
+            # cancelled by anyone counts: there is nothing left for the Hub's cancel to do
+            return FollowUpResult(raw={"status": CANCELLED, "found": True}) if status == CANCELLED else None
+        detail = self._detail(code)
+        if followup.kind == FollowUpKind.EVIDENCE:
+            wanted = [name for name, _ in self._documents(followup)]
+            present = _document_names(detail)
+            if all(name in present for name in wanted):
+                return FollowUpResult(raw={"documents": wanted, "found": True})
+            # none, or only some (the answer to a later one was lost): send again, and `follow_up` skips those
+            # Bartec already holds
+            return None
+        tag = _note_tag(followup.key)
+        notes = detail.Notes.Note if detail.Notes is not None else []
+        for note in notes or []:
+            if (note.Note or "").startswith(tag):
+                return FollowUpResult(backoffice_id=None if note.ID is None else str(note.ID),
+                                      raw={"NoteID": note.ID, "found": True})
+        return None
+
+    def _followup_note_type(self, followup: FollowUp) -> int:
+        types = self._installation_note_types()
+        given = followup.fields.get("NoteType")
+        if given:
+            if str(given) not in types:
+                raise PermanentError(f"{followup.key}: Bartec has no note type {given!r}", instance=self.name,
+                                     hint="fix the refuse mapping's followups: NoteType (the installation's types "
+                                          "are in ServiceRequests_Notes_Types_Get)")
+            return types[str(given)]
+        filed: dict[str, str] = dict(self.options.followup_note_types)
+        wanted = filed.get(followup.kind.value, self.note_type)
+        if wanted not in types:
+            self.log.warning("bartec.followup.note_type_missing", note_type=wanted, kind=followup.kind.value)
+            wanted = self.note_type
+        return types.get(wanted, next(iter(types.values())))
+
+    def _detail(self, code: str) -> Any:
+        result = self._invoke("ServiceRequests_Detail_Get", ref=code, ServiceCodes={"string": [code]})
+        for sr in result.ServiceRequest or []:
+            if sr.ServiceCode == code:
+                if sr.ServiceType is not None:
+                    self._type_of[code] = str(sr.ServiceType.ID)
+                return sr
+        raise PermanentError(f"Bartec has no service request {code}", instance=self.name,
+                             hint="check the back-office reference linked to the case")
+
+    def _documents(self, followup: FollowUp) -> list[tuple[str, dict[str, Any]]]:
+        """Each document's Bartec name (made from the key, so a later read can tell it) and AttachedDocument."""
+        if not followup.documents:
+            raise PermanentError(f"{followup.key}: an evidence follow-up without documents", instance=self.name)
+        tag = _file_tag(followup.key)
+        several = len(followup.documents) > 1
+        planned = []
+        for i, document in enumerate(followup.documents, start=1):
+            given = followup.fields.get("Name") if not several else None
+            base, extension = _file_name(str(given or document.filename), document)
+            if extension is None:
+                raise PermanentError(f"{followup.key}: document {i} has no file extension and an unknown type",
+                                     instance=self.name, hint="Bartec stores a FileExtension with every document")
+            if document.content is None:
+                raise PermanentError(f"{followup.key}: document {i} comes only as a URL; Bartec stores the file "
+                                     "itself", instance=self.name,
+                                     hint="have the Hub send the evidence's bytes with the follow-up")
+            if not document.content:
+                raise PermanentError(f"{followup.key}: document {i} is empty", instance=self.name)
+            prefix = f"{tag}-{i}_" if several else f"{tag}_"
+            name = prefix + base[-(DOCUMENT_NAME_MAX - len(prefix)):]
+            planned.append((name, {
+                # Bartec takes the caller's number (open311-adapter: report id and photo number): a stable one
+                "ID": zlib.crc32(name.encode()) & 0x7FFFFFFF,
+                "Name": name, "Document": document.content, "FileExtension": extension,
+            }))
+        return planned
+
+    def _send_evidence(self, followup: FollowUp, bound: Any) -> FollowUpResult:
+        planned = self._documents(followup)  # refuse a bad document before touching Bartec
+        detail = self._detail(followup.backoffice_ref)
+        present = _document_names(detail)
+        public = followup.fields.get("Public")
+        comment = _bounded(str(followup.fields.get("Comment") or followup.text), COMMENTS_MAX)
+        sent = []
+        for name, attached in planned:
+            if name in present:
+                continue
+            self._invoke("ServiceRequest_Document_Create", ref=followup.backoffice_ref, ServiceRequestID=detail.id,
+                         Public=self.options.document_public if public is None else bool(public),
+                         DateTaken=_local(followup.occurred_at), Comment=comment, AttachedDocument=attached)
+            sent.append(name)
+        bound.info("bartec.followup.done", documents=len(planned), sent=len(sent),
+                   size=sum(len(a["Document"]) for _, a in planned))
+        return FollowUpResult(raw={"documents": [name for name, _ in planned], "sent": sent})
 
     def close(self) -> None:
         self.http.close()
+
+
+def _bounded(text: str, limit: int) -> str:
+    """Text cut to a Bartec field's length, keeping the start (where the follow-up key is) and saying so."""
+    return text if len(text) <= limit else text[:limit - 15] + " … (truncated)"
+
+
+def _note_tag(key: str) -> str:
+    """What starts a follow-up's note, so `find_follow_up` finds it again (the closing bracket keeps /3 from /30)."""
+    return f"[{key}]"
+
+
+def _file_tag(key: str) -> str:
+    """The key as file-name characters (a slash is no file name's): what starts a follow-up's document names."""
+    return UNSAFE_IN_NAME.sub("-", key)
+
+
+def _file_name(filename: str, document: Document) -> tuple[str, str | None]:
+    """The last path part of `filename`, made safe, with its extension (from the name or else the content type)."""
+    base = UNSAFE_IN_NAME.sub("-", filename.replace("\\", "/").rsplit("/", 1)[-1]).strip(".-") or "document"
+    stem, dot, ext = base.rpartition(".")
+    if dot and stem and EXTENSION.match(ext):
+        return base, ext.lower()
+    guessed = mimetypes.guess_extension(document.content_type.split(";")[0].strip().lower() or "", strict=False)
+    if guessed and EXTENSION.match(guessed.lstrip(".")):
+        return f"{base}{guessed}", guessed.lstrip(".")
+    return base, None
+
+
+def _document_names(detail: Any) -> set[str]:
+    documents = detail.AttachedDocuments.AttachedDocument if detail.AttachedDocuments is not None else []
+    return {(d.DocumentName or "").strip() for d in documents or []}
 
 
 def _check(value: Any, fields: Mapping[str, TargetField], path: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,13 @@ class BartecOptions(BaseModel):
         default_factory=dict,
         description="Shipped ServiceTypeID (the mappings' lookup) -> this district's ServiceTypeID, from its "
         "ServiceRequests_Types_Get; districts do not share one service-type table")
+    followup_note_types: dict[Literal["note", "amendment"], str] = Field(
+        default_factory=lambda: {"note": "General note", "amendment": "Specific note"},
+        description="Note type description (ServiceRequests_Notes_Types_Get) each kind of Hub follow-up is filed "
+        "under; a kind left out, or a type the installation lacks, uses note_type")
+    document_public: bool = Field(
+        False, description="ServiceRequest_Document_Create's Public flag for customer evidence, unless the "
+        "mapping's followups: section sets Public; off, as evidence can show people and homes")
     external_reference_lookup: bool = Field(
         False, description="Only for a simulator started with the same option: look requests up by "
         "ExternalReference, which a real Bartec cannot do")

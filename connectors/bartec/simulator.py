@@ -9,6 +9,8 @@ namespace, shared items in http://www.bartec-systems.com, refusals as `<Errors><
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import itertools
 import secrets
 import threading
@@ -52,6 +54,10 @@ SERVICE_TYPES: dict[int, tuple[str, str]] = {
 NO_DEFAULT_LAND_TYPE = frozenset({290})
 """Service types set up without a default land type: a create must then give LandTypeID (open311-adapter 906f2725)."""
 NOTE_TYPES = {1: "Specific note", 11: "General note", 68: "Other note"}
+NOTE_TYPE_KINDS = {1: "amendment", 11: "note", 68: "note"}
+"""How the simulated councils file what the Hub tells them (Bartec itself knows no Hub kinds): amendments as
+Specific notes, anything else as a note. Only the follow-up records tests count read it; the connector's
+default `followup_note_types` option files them the same way."""
 UNKNOWN_UPRNS = frozenset({"999999999999", "100000000000", "1"})
 """UPRNs the simulated gazetteer does not hold: creating a job there gives Bartec's real error."""
 LOCATION_DESCRIPTION_MAX = 80
@@ -149,6 +155,7 @@ class BartecSimulator(Simulator):
         self._tokens: dict[str, str] = {}  # token -> tenant
         self._lock = threading.Lock()
         self._note_ids = itertools.count(9000)
+        self._document_ids = itertools.count(7000)
         self._ops: dict[str, Callable[[str, etree._Element], etree._Element]] = {
             "ServiceRequest_Create": self._create,
             "ServiceRequests_Get": self._get,
@@ -157,6 +164,8 @@ class BartecSimulator(Simulator):
             "ServiceRequests_Statuses_Get": self._statuses,
             "ServiceRequest_Status_Set": self._status_set,
             "ServiceRequest_Note_Create": self._note_create,
+            "ServiceRequest_Document_Create": self._document_create,
+            "ServiceRequests_Detail_Get": self._detail,
             "ServiceRequests_Notes_Types_Get": self._note_types,
             "Premises_Get": self._premises,
         }
@@ -368,7 +377,7 @@ class BartecSimulator(Simulator):
         self._errors(result)
         return wrapper
 
-    def _service_request(self, result: etree._Element, job: Job) -> None:
+    def _service_request(self, result: etree._Element, job: Job) -> etree._Element:
         type_id = job.data["service_type_id"]
         type_name, class_name = SERVICE_TYPES[type_id]
         sr = _sub(result, result.nsmap[None], "ServiceRequest")
@@ -396,6 +405,7 @@ class BartecSimulator(Simulator):
         stamp = _sub(sr, ITEM, "RecordStamp")
         _sub(stamp, ITEM, "AddedBy", job.data.get("added_by", "hubbridge"))
         _sub(stamp, ITEM, "DateAdded", bartec_time(job.created_at))
+        return sr
 
     def _updates(self, tenant: str, el: etree._Element) -> etree._Element:
         since = parse_time(_text(el, "LastUpdated"))
@@ -497,7 +507,11 @@ class BartecSimulator(Simulator):
             raise _Refused(f"Error in '{where}': Specified StatusID is not valid for the service type")
         if job.status in FINAL_STATUSES:
             raise _Refused(f"Error in '{where}': Service request {job.ref} is {job.status} and cannot be changed")
-        self.store.set_status(job, found[1], _text(el, "Comments"))
+        comments = _text(el, "Comments")
+        self.store.set_status(job, found[1], comments)
+        if found[1] == "CANCELLED":
+            # other statuses a client sets (e.g. OPEN on a new bulky collection) are no follow-up of the Hub's
+            self.store.record_followup(job, "cancel", comments or "", status_id=status_id(found[0], found[1]))
         wrapper, result = self._result("ServiceRequest_Status_Set", count=1)
         self._errors(result)
         return wrapper
@@ -509,11 +523,83 @@ class BartecSimulator(Simulator):
         if note_type not in NOTE_TYPES:
             raise _Refused(f"Error in '{where}': Specified NoteTypeID does not exist")
         note_id = next(self._note_ids)
+        # a second identical call makes a second note, as on a real Bartec: nothing here is idempotent
+        text = _text(el, "Note") or ""
         with self.store._lock:
-            job.data["notes"].append({"id": note_id, "type": note_type, "note": _text(el, "Note") or "",
+            job.data["notes"].append({"id": note_id, "type": note_type, "note": text,
                                       "comment": _text(el, "Comment"), "at": self.store.clock()})
+        self.store.record_followup(job, NOTE_TYPE_KINDS.get(note_type, "note"), text, note_id=note_id,
+                                   note_type=note_type)
         wrapper, result = self._result("ServiceRequest_Note_Create", count=1)
         _sub(result, result.nsmap[None], "NoteID", note_id)
+        self._errors(result)
+        return wrapper
+
+    def _document_create(self, tenant: str, el: etree._Element) -> etree._Element:
+        where = "API.pr_ServiceRequest_Document_Create"
+        job = self._job(tenant, el, where)
+        attached = _child(el, "AttachedDocument")
+        if attached is None:
+            raise _Refused(f"Error in '{where}': AttachedDocument must be supplied")
+        name, extension = _text(attached, "Name"), _text(attached, "FileExtension")
+        if not name:
+            raise _Refused(f"Error in '{where}': Name must be supplied")
+        if not extension:
+            raise _Refused(f"Error in '{where}': FileExtension must be supplied")
+        try:
+            content = base64.b64decode(_text(attached, "Document") or "", validate=True)
+        except (binascii.Error, ValueError):
+            # what an asmx service answers when a base64Binary parameter does not decode
+            raise SoapFault("Client", "Server was unable to read request. ---> There is an error in XML document. "
+                                      "---> Invalid length for a Base-64 char array or string.") from None
+        if not content:
+            raise _Refused(f"Error in '{where}': Document must be supplied")
+        public = (_text(el, "Public") or "false").lower() in ("true", "1")
+        document = {"id": next(self._document_ids), "client_id": _text(attached, "ID"), "name": name,
+                    "extension": extension, "size": len(content), "public": public,
+                    "comment": _text(el, "Comment"), "date_taken": parse_time(_text(el, "DateTaken")),
+                    "at": self.store.clock()}
+        with self.store._lock:
+            job.data.setdefault("documents", []).append(document)
+        self.store.record_followup(job, "evidence", document["comment"] or "", documents=[name],
+                                   document_id=document["id"], size=len(content))
+        wrapper, result = self._result("ServiceRequest_Document_Create", count=1)
+        self._errors(result)
+        return wrapper
+
+    def _detail(self, tenant: str, el: etree._Element) -> etree._Element:
+        codes = [(c.text or "").strip() for c in _items(el, "ServiceCodes")]
+        jobs = [j for j in (self.store.by_ref(tenant, code) for code in codes if code) if j is not None]
+        wrapper, result = self._result("ServiceRequests_Detail_Get", count=len(jobs))
+        for job in jobs:
+            sr = self._service_request(result, job)
+            with self.store._lock:
+                notes, documents = list(job.data.get("notes", ())), list(job.data.get("documents", ()))
+            if notes:
+                holder = _sub(sr, ITEM, "Notes")
+                for note in notes:
+                    n = _sub(holder, ITEM, "Note")
+                    _sub(n, ITEM, "ID", note["id"])
+                    nt = _sub(n, ITEM, "NoteType")
+                    _sub(nt, ITEM, "ID", note["type"])
+                    _sub(nt, ITEM, "Description", NOTE_TYPES[note["type"]])
+                    _sub(n, ITEM, "Note", note["note"])
+                    if note.get("comment"):
+                        _sub(n, ITEM, "Comment", note["comment"])
+                    stamp = _sub(n, ITEM, "RecordStamp")
+                    _sub(stamp, ITEM, "AddedBy", "hubbridge")
+                    _sub(stamp, ITEM, "DateAdded", bartec_time(note["at"]))
+            if documents:
+                holder = _sub(sr, ITEM, "AttachedDocuments")
+                for document in documents:
+                    d = _sub(holder, ITEM, "AttachedDocument")
+                    _sub(d, ITEM, "ID", document["id"])
+                    _sub(d, ITEM, "DocumentName", document["name"])
+                    _sub(d, ITEM, "FileExtension", document["extension"])
+                    _sub(d, ITEM, "Public", "true" if document["public"] else "false")
+                    stamp = _sub(d, ITEM, "RecordStamp")
+                    _sub(stamp, ITEM, "AddedBy", "hubbridge")
+                    _sub(stamp, ITEM, "DateAdded", bartec_time(document["at"]))
         self._errors(result)
         return wrapper
 

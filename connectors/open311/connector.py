@@ -8,12 +8,17 @@ time-window search matched on the echoed reference where config says the server 
 with the candidate requests. Updates come from `GET servicerequestupdates`
 with a cursor of (high-water timestamp, update ids already returned near it), so updates sharing a
 timestamp or arriving a little late are neither skipped nor repeated.
+
+Follow-ups go as FixMyStreet sends its updates (`perllib/Open311.pm`, `_populate_service_request_update_params`):
+one `POST servicerequestupdates` each, its key at the head of the description, where a server that lists
+posted updates (declared `server_lists_posted_updates`) lets `find_follow_up` read it back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,12 +31,23 @@ import structlog
 from cachetools import LRUCache
 from pydantic import ValidationError
 
-from hubbridge.connectors.base import BackOfficeUpdate, Connector, CreateResult, Delivery, TargetField, UpdatePage
+from hubbridge.case import FollowUpKind
+from hubbridge.connectors.base import (
+    BackOfficeUpdate,
+    Connector,
+    CreateResult,
+    Delivery,
+    FollowUp,
+    FollowUpResult,
+    TargetField,
+    UpdatePage,
+)
 from hubbridge.connectors.http import HttpClient, parse_xml, retry_after_seconds
 from hubbridge.connectors.open311.models import Open311Request, request_target_fields
 from hubbridge.errors import (
     BadResponseError,
     ConfigError,
+    NotSupported,
     OutcomeUnknown,
     PermanentError,
     TransientError,
@@ -63,6 +79,15 @@ _XML_ROOTS = {"requests": "service_requests", "servicerequestupdates": "service_
               "services": "services", "tokens": "service_requests"}
 """The root element each GeoReport v2 resource answers with in XML."""
 
+UPDATE_STATUSES = frozenset({
+    "OPEN", "CLOSED", "FIXED", "IN_PROGRESS", "ACTION_SCHEDULED", "INVESTIGATING", "DUPLICATE",
+    "NOT_COUNCILS_RESPONSIBILITY", "NO_FURTHER_ACTION", "INTERNAL_REFERRAL", "CANCELLED", "REOPEN", "FOR_TRIAGE"})
+"""The statuses FixMyStreet sends on an update (OPEN/CLOSED, or these with extended statuses)."""
+DESCRIPTION_MAX = 4000
+"""The longest update description GeoReport servers commonly take (as for a request's description)."""
+MEDIA_URL = re.compile(r"^https?://\S{1,1990}$")
+AUTHOR_FIELDS = ("first_name", "last_name", "email", "phone")
+
 
 def _num(value: float | int) -> str:
     """Numbers as a back office expects them in a form: no trailing `.0` on whole numbers."""
@@ -85,13 +110,20 @@ class Open311Connector(Connector):
     Options: `format` (json|xml, default json), `jurisdiction_id`, `ref_attribute` (default hub_ref),
     `server_timezone` (for timestamps without an offset, default Europe/London), `overlap_seconds`
     (how far back each poll looks for late updates, default 60), `api_key_on_reads` (send the key on GETs
-    too, default false), `note_first_name` / `note_last_name` / `note_email` (author of notes sent).
-    Credentials: `api_key` (the environment variable holding the key).
+    too, default false), `note_first_name` / `note_last_name` / `note_email` (author of notes sent),
+    `server_lists_posted_updates` (GET servicerequestupdates lists client-posted updates with their text, so
+    `find_follow_up` can tell; default false), `extended_statuses` / `mark_reopen` (FixMyStreet's body settings:
+    cancel as CANCELLED and reopen as REOPEN), `multi_media_urls` (FixMyStreet's multi_photos: every document's
+    url as a repeated media_url). Credentials: `api_key` (the environment variable holding the key).
     """
 
     plugin = "open311"
     supports_cancel = True
     supports_notes = True
+    # GeoReport v2 has no priority, and no amendment operation either: an amendment would be a plain
+    # note on the wire, so it is left to the route's fallback (sent as a note)
+    followup_kinds = frozenset({FollowUpKind.NOTE, FollowUpKind.EVIDENCE, FollowUpKind.CANCEL,
+                                FollowUpKind.REOPEN})
 
     def __init__(self, instance: ConnectorInstance, env: Mapping[str, str] | None = None) -> None:
         super().__init__(instance, env)
@@ -108,6 +140,10 @@ class Open311Connector(Connector):
         self.filters_by_ref = bool(opts.get("server_filters_by_ref", False))
         self.echoes_attributes = bool(opts.get("server_echoes_attributes", False))
         self.search_window = timedelta(hours=float(opts.get("search_window_hours", 72)))
+        self.lists_posted_updates = bool(opts.get("server_lists_posted_updates", False))
+        self.extended_statuses = bool(opts.get("extended_statuses", False))
+        self.mark_reopen = bool(opts.get("mark_reopen", False))
+        self.multi_media_urls = bool(opts.get("multi_media_urls", False))
         # hub_ref -> token of a create the server queued; lost on a restart, when the search below remains
         self._tokens: LRUCache[str, str] = LRUCache(maxsize=CACHE_SIZE)
         self.note_author = {k: str(opts[f"note_{k}"]) for k in ("first_name", "last_name", "email")
@@ -275,6 +311,113 @@ class Open311Connector(Connector):
 
     def cancel(self, backoffice_ref: str, reason: str) -> None:
         self._post_update(backoffice_ref, "CLOSED", f"Cancelled by the Hub: {reason}", kind="cancel")
+
+    def follow_up(self, followup: FollowUp) -> FollowUpResult:
+        self._check_kind(followup)
+        if not followup.known_new and self.lists_posted_updates:
+            existing = self.find_follow_up(followup)
+            if existing is not None:
+                return existing
+        fields = followup.fields or {}
+        ref, kind = followup.backoffice_ref, followup.kind
+        description = self._marker(followup.key) + " " + str(fields.get("description") or followup.text)
+        media: list[str] = []
+        if kind == FollowUpKind.EVIDENCE:
+            media = self._media_urls(followup)
+            if not self.multi_media_urls and len(media) > 1:
+                # FixMyStreet sends only its first photo unless multi_photos; the rest stay reachable in the text
+                description += "\n\nFurther documents: " + " ".join(media[1:])
+                media = media[:1]
+        # the key must survive, so a text the server would refuse as too long loses its end, not its head
+        description = description[:DESCRIPTION_MAX]
+        status = self._followup_status(followup)
+        when = followup.occurred_at if followup.occurred_at.tzinfo else followup.occurred_at.replace(tzinfo=UTC)
+        author = {**self.note_author, **{k: str(fields[k]) for k in AUTHOR_FIELDS if fields.get(k)}}
+        row = self._send_update(ref, update_id=self._followup_update_id(followup.key),
+                                updated=w3c(when.replace(microsecond=0)), status=status, description=description,
+                                media=media, author=author, what=f"{kind.value} follow-up {followup.key}")
+        log.info("open311.followup.done", key=followup.key, kind=kind.value, backoffice_ref=ref,
+                 update_id=str(row["update_id"]), status=status, instance=self.name)
+        return FollowUpResult(str(row["update_id"]), raw={"update_id": str(row["update_id"]), "status": status})
+
+    def find_follow_up(self, followup: FollowUp) -> FollowUpResult | None:
+        self._check_kind(followup)
+        ref, key = followup.backoffice_ref, followup.key
+        if not self.lists_posted_updates:
+            raise OutcomeUnknown(
+                f"{self.name} cannot tell whether follow-up {key} reached request {ref}: GeoReport v2 keeps no "
+                f"client update_id and this server is not declared to list posted updates", instance=self.name,
+                candidates=[ref], hint="look at the request's updates in the back office; if the follow-up is "
+                "missing, replay it (declare options.server_lists_posted_updates only where the server lists them)")
+        # the update is logged at the updated_datetime sent (occurred_at) or, where the server will not take
+        # an older time, when it arrived: the window holds both
+        now = datetime.now(UTC).replace(microsecond=0)
+        sent = followup.occurred_at if followup.occurred_at.tzinfo else followup.occurred_at.replace(tzinfo=UTC)
+        params = {"start_date": w3c((min(sent, now) - self.overlap).replace(microsecond=0)),
+                  "end_date": w3c(now + timedelta(minutes=5))}
+        rows = self._call("GET", "servicerequestupdates", params=params, what=f"look-up of follow-up {key}")
+        marker = self._marker(key)
+        matches = [r for r in rows if isinstance(r, dict) and str(r.get("service_request_id") or "") == ref
+                   and marker in str(r.get("description") or "") and r.get("update_id") not in (None, "")]
+        if not matches:
+            return None
+        if len(matches) > 1:
+            log.warning("open311.find_follow_up.duplicates", key=key, backoffice_ref=ref, instance=self.name,
+                        update_ids=[str(m["update_id"]) for m in matches])
+        first = min(matches, key=lambda r: (str(r.get("updated_datetime") or ""), _id_key(str(r["update_id"]))))
+        uid = str(first["update_id"])
+        return FollowUpResult(uid, raw={"update_id": uid, "status": first.get("status"),
+                                        "updated_datetime": first.get("updated_datetime")})
+
+    def _check_kind(self, followup: FollowUp) -> None:
+        if followup.kind not in self.followup_kinds:
+            raise NotSupported(f"GeoReport v2 has no {followup.kind.value} operation", instance=self.name)
+
+    @staticmethod
+    def _marker(key: str) -> str:
+        # at the head of the text (Confirm keeps only its first 2000 characters), bracketed so that
+        # WH-2026-000123/3 is never found inside WH-2026-000123/31
+        return f"[{key}]"
+
+    @staticmethod
+    def _followup_update_id(key: str) -> str:
+        # open311-adapter takes word characters and hyphens only, so the key itself ('/') cannot go here
+        return "hub-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+    def _followup_status(self, followup: FollowUp) -> str:
+        """The update's status as FixMyStreet would set it for the same change of state."""
+        wanted = followup.fields.get("status") if followup.fields else None
+        if wanted:
+            status = str(wanted).upper()
+            if status not in UPDATE_STATUSES:
+                raise PermanentError(f"follow-up {followup.key}: status {status!r} is not an Open311 update status",
+                                     instance=self.name, hint=f"use one of {', '.join(sorted(UPDATE_STATUSES))}")
+            return status
+        if followup.kind == FollowUpKind.CANCEL:  # FixMyStreet: a cancelled report is not open, so CLOSED
+            return "CANCELLED" if self.extended_statuses else "CLOSED"
+        if followup.kind == FollowUpKind.REOPEN:
+            return "REOPEN" if self.extended_statuses and self.mark_reopen else "OPEN"
+        # a note keeps the request's own state: OPEN on a closed request would reopen it
+        record = self._get_request(followup.backoffice_ref)
+        return "CLOSED" if str(record.get("status", "open")).lower() == "closed" else "OPEN"
+
+    def _media_urls(self, followup: FollowUp) -> list[str]:
+        given = followup.fields.get("media_url") if followup.fields else None
+        if given:
+            # a mapping's list has a gap for a file the Hub sent as bytes only: it has no address to send
+            urls = [str(u) for u in (given if isinstance(given, list | tuple) else [given]) if u]
+        else:
+            urls = [d.url for d in followup.documents if d.url]
+        if not urls:
+            raise PermanentError(f"evidence follow-up {followup.key} has no document url: GeoReport v2 takes "
+                                 "documents only as media_url", instance=self.name,
+                                 hint="give the documents a url (or fields.media_url in the mapping), or route "
+                                 "evidence for this service another way")
+        bad = sum(1 for u in urls if not MEDIA_URL.match(u))
+        if bad:  # the urls themselves stay out of the message: they may carry access tokens
+            raise PermanentError(f"evidence follow-up {followup.key}: {bad} document url(s) are not http(s) "
+                                 "urls of at most 2000 characters", instance=self.name)
+        return urls
 
     def render(self, delivery: Delivery) -> str:
         request = self._validate(delivery)
@@ -538,19 +681,26 @@ class Open311Connector(Connector):
         return row
 
     def _post_update(self, backoffice_ref: str, status: str, text: str, *, kind: str) -> None:
-        # a stable update_id lets the back office drop a resend after an unknown outcome
+        # the same update_id for the same text: only a server that dedupes on it drops a resend (most do not)
         digest = hashlib.sha256(f"{kind}|{backoffice_ref}|{text}".encode()).hexdigest()[:24]
+        now = w3c(datetime.now(UTC).replace(microsecond=0))
+        self._send_update(backoffice_ref, update_id=f"hub-{digest}", updated=now, status=status, description=text,
+                          media=[], author=self.note_author, what=f"{kind} on request {backoffice_ref}")
+        log.info(f"open311.{kind}.done", backoffice_ref=backoffice_ref, instance=self.name)
+
+    def _send_update(self, backoffice_ref: str, *, update_id: str, updated: str, status: str, description: str,
+                     media: list[str], author: Mapping[str, str], what: str) -> dict[str, Any]:
+        """One `POST servicerequestupdates` with FixMyStreet's parameters; the answer's row (with `update_id`)."""
         pairs = [("api_key", self._key())]
         if self.jurisdiction_id:
             pairs.append(("jurisdiction_id", str(self.jurisdiction_id)))
-        pairs += [("service_request_id", backoffice_ref), ("update_id", f"hub-{digest}"),
-                  ("updated_datetime", w3c(datetime.now(UTC).replace(microsecond=0))), ("status", status),
-                  ("description", text), *self.note_author.items()]
-        rows = self._call("POST", "servicerequestupdates", data=pairs, sending=True,
-                          what=f"{kind} on request {backoffice_ref}")
+        pairs += [("service_request_id", backoffice_ref), ("update_id", update_id), ("updated_datetime", updated),
+                  ("status", status), ("description", description), *author.items(),
+                  *(("media_url", u) for u in media)]
+        rows = self._call("POST", "servicerequestupdates", data=pairs, sending=True, what=what)
         if not rows or not isinstance(rows[0], dict) or rows[0].get("update_id") in (None, ""):
-            raise BadResponseError(f"{kind} on request {backoffice_ref}: answer has no update_id", instance=self.name)
-        log.info(f"open311.{kind}.done", backoffice_ref=backoffice_ref, instance=self.name)
+            raise BadResponseError(f"{what}: answer has no update_id", instance=self.name)
+        return rows[0]
 
     # -- cursor ----------------------------------------------------------------------------------
     def _decode_cursor(self, cursor: str | None) -> tuple[datetime | None, dict[str, datetime]]:

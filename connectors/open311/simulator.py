@@ -5,13 +5,17 @@ Serves `services`, `services/{code}`, `requests` (GET and POST), `requests/{id}`
 Service definitions are shaped like Confirm's as exposed by mySociety's open311-adapter
 (`t/open311/endpoint/xml/confirm/*.xml`: server_set easting/northing, an external system id, hidden
 asset fields). Jobs move through Confirm-style enquiry status codes, reported as `external_status_code`
-beside the FixMyStreet status.
+beside the FixMyStreet status. `POST servicerequestupdates` takes what open311-adapter's mySociety role
+requires (`perllib/Open311/Endpoint/Role/mySociety.pm`: service_request_id, update_id, status from its
+extended list, updated_datetime, description; repeated media_url) and, like its Confirm back end, does not
+drop a resend with the same client update_id (opt-in `dedupe_update_ids`).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -48,6 +52,17 @@ STATUS_CODES: dict[str, tuple[str, str]] = {
 }
 LIFECYCLE = ("LOG", "INV", "SCH", "WIP", "FIX", "CLO")
 CLOSED_CODES = frozenset({"FIX", "CLO", "NCR", "DUP", "NFA", "CAN"})
+
+UPDATE_STATUSES = frozenset({
+    "UNCHANGED", "OPEN", "CLOSED", "FIXED", "IN_PROGRESS", "PLANNED", "ACTION_SCHEDULED", "INVESTIGATING",
+    "DUPLICATE", "NOT_COUNCILS_RESPONSIBILITY", "NO_FURTHER_ACTION", "INTERNAL_REFERRAL", "CANCELLED", "REOPEN",
+    "FOR_TRIAGE"})
+"""The statuses open311-adapter's `status_extended_upper` type takes on `POST servicerequestupdates`."""
+CLOSING_STATUSES = {"CLOSED": "CAN", "CANCELLED": "CAN", "FIXED": "FIX"}
+"""Update statuses that close an open enquiry, and the code they close it with (a forward status mapping)."""
+REOPENING_STATUSES = frozenset({"OPEN", "REOPEN"})
+UPDATE_ID = re.compile(r"^[\w-]+$", re.ASCII)
+"""open311-adapter's default identifier type (`/open311/example/identifier`): word characters and hyphens."""
 
 
 def _attr(code: str, description: str, order: int, *, datatype: str = "string", required: bool = False,
@@ -169,7 +184,7 @@ class _Enquiries(JobStore):
             for job in list(self.jobs.values()):
                 if tenant is not None and job.tenant != tenant:
                     continue
-                if job.status in self.lifecycle and job.status != self.lifecycle[-1]:
+                if job.status in self.lifecycle and job.status != self.lifecycle[-1] and not self.stalled(job):
                     nxt = self.lifecycle[self.lifecycle.index(job.status) + 1]
                     self.set_status(job, nxt, note or STATUS_CODES[nxt][1])
                     moved += 1
@@ -184,7 +199,8 @@ class Open311Simulator(Simulator):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = DEFAULT_API_KEY,
                  public_reads: bool = True, tokens: bool = False, echo_attributes: bool = True,
-                 ref_filter: bool = False) -> None:
+                 ref_filter: bool = False, dedupe_update_ids: bool = False,
+                 list_posted_updates: bool = False) -> None:
         super().__init__(host, port)
         # Like servers that queue creates (recorded Merton answers): POST answers a `token`, and
         # `GET tokens/{token}` gives the id once the job exists (at once here, or after `hold_tokens`).
@@ -197,6 +213,13 @@ class Open311Simulator(Simulator):
         # Off by default: `GET requests?attribute[hub_ref]=` is this project's extension, which a spec
         # server ignores like any unknown parameter.
         self.ref_filter = ref_filter
+        # Off by default: open311-adapter's back ends (Confirm's EnquiryUpdate) keep no client update_id, so
+        # a resend is a second update. On: a resend of the same update_id gets the first answer.
+        self.dedupe_update_ids = dedupe_update_ids
+        # Off by default: a posted comment is kept on the enquiry but not listed by GET servicerequestupdates
+        # (a status change it makes is). On: like Confirm with `publish_service_update_text`, every posted
+        # update is a status log listed with its text, under the update_id the POST answered.
+        self.list_posted_updates = list_posted_updates
         self.api_key = api_key  # None: any non-empty key is accepted (a missing one is still refused)
         self.public_reads = public_reads  # GET services is always public; requests/updates need the key if False
         self.store = _Enquiries(LIFECYCLE, ref_format="{id}", first_id=200001)
@@ -256,6 +279,10 @@ class Open311Simulator(Simulator):
                 params[k] = v
         one = {k: v[0] for k, v in params.items() if v}
         try:
+            if stem == "servicerequestupdates" and request.method == "POST":
+                # media_url may repeat (open311-adapter's `@media_url`; FixMyStreet's multi_photos)
+                self._check_key(one)
+                return self._post_update(fmt, request.tenant, one, [u for u in params.get("media_url", []) if u])
             return self._route(request.method, request.tenant, stem, fmt, one)
         except _ApiError as exc:
             return self._error(fmt, exc.status, exc.description)
@@ -288,9 +315,6 @@ class Open311Simulator(Simulator):
             if not self.public_reads:
                 self._check_key(p)
             return self._updates(fmt, tenant, p)
-        if stem == "servicerequestupdates" and method == "POST":
-            self._check_key(p)
-            return self._post_update(fmt, tenant, p)
         raise _ApiError(404, f"no {method} {stem}.{fmt} on this server")
 
     def _check_key(self, p: dict[str, str]) -> None:
@@ -455,38 +479,54 @@ class Open311Simulator(Simulator):
                           "external_status_code": ev.status, "media_url": None})
         return self._ok(fmt, "service_request_updates", "request_update", items)
 
-    def _post_update(self, fmt: str, tenant: str, p: dict[str, str]) -> Response:
-        ref = p.get("service_request_id")
-        if not ref:
-            raise _ApiError(400, "service_request_id is required")
-        status = (p.get("status") or "").upper()
-        if status not in ("OPEN", "CLOSED", "FIXED"):
-            raise _ApiError(400, "status must be OPEN, CLOSED or FIXED")
+    def _post_update(self, fmt: str, tenant: str, p: dict[str, str], media_urls: list[str]) -> Response:
+        for name in ("service_request_id", "update_id", "status", "updated_datetime"):
+            if not p.get(name):
+                raise _ApiError(400, f"{name} is required")
+        ref, client_id = p["service_request_id"], p["update_id"]
+        if not UPDATE_ID.match(client_id):
+            raise _ApiError(400, "update_id may hold only letters, digits, underscores and hyphens")
+        status = p["status"]
+        if status not in UPDATE_STATUSES:
+            raise _ApiError(400, f"status {status} is not one of {', '.join(sorted(UPDATE_STATUSES))}")
+        try:
+            parse_w3c(p["updated_datetime"])
+        except ValueError:
+            raise _ApiError(400, "updated_datetime must be a W3C datetime") from None
         description = p.get("description") or ""
         if not description.strip():
             raise _ApiError(400, "description is required")
         if len(description) > 4000:
             raise _ApiError(400, "description is longer than 4000 characters")
+        if any(len(u) > MAX_LENGTHS["media_url"] for u in media_urls):
+            raise _ApiError(400, f"media_url is longer than {MAX_LENGTHS['media_url']} characters")
         job = self.store.by_ref(tenant, ref)
         if job is None:
             raise _ApiError(404, f"service_request_id {ref} not found")
         key = f"{tenant}/{ref}"
-        with self.store._lock:  # a resend racing its original must still make one note
+        with self.store._lock:  # one update at a time per server, so a resend racing its original is seen
             notes = self.notes.setdefault(key, [])
-            client_id = p.get("update_id")
-            if client_id:
-                for n in notes:  # a client resending the same update gets the same answer, no second note
+            if self.dedupe_update_ids:
+                for n in notes:
                     if n["client_update_id"] == client_id:
                         return self._ok(fmt, "service_request_updates", "request_update",
                                         [{"update_id": n["update_id"]}])
-            if status in ("CLOSED", "FIXED") and job.status not in CLOSED_CODES:
-                ev = self.store.set_status(job, "CAN", description)
-                update_id = str(ev.update_id)
-            else:  # a comment: kept on the enquiry, no status change
+            closed = job.status in CLOSED_CODES
+            code, kind = job.status, ("evidence" if media_urls else "note")
+            if status in CLOSING_STATUSES and not closed:
+                code = CLOSING_STATUSES[status]
+                kind = "cancel" if code == "CAN" else kind
+            elif status in REOPENING_STATUSES and closed:
+                code, kind = LIFECYCLE[0], "reopen"
+            if code != job.status or self.list_posted_updates:
+                update_id = str(self.store.set_status(job, code, description).update_id)
+            else:  # a comment kept on the enquiry, not in the update feed
                 update_id = f"N{next(self._note_ids)}"
             notes.append({"update_id": update_id, "client_update_id": client_id, "status": status,
-                          "description": description, "first_name": p.get("first_name"),
-                          "last_name": p.get("last_name"), "email": p.get("email")})
+                          "description": description, "media_url": list(media_urls),
+                          "first_name": p.get("first_name"), "last_name": p.get("last_name"), "email": p.get("email")})
+            self.store.record_followup(job, kind, description, documents=media_urls, update_id=update_id,
+                                       client_update_id=client_id, status=status)
         return self._ok(fmt, "service_request_updates", "request_update", [{"update_id": update_id}])
 
     # -- encoding -------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ planning.data.gov.uk's planning-application fields (`reference`, `uprn`, `addres
     GET  /api/v1/enquiries?external_reference=   look-up by the Hub reference
     GET  /api/v1/enquiries/{id}
     GET  /api/v1/changes?since_sequence=&limit=  gap-free, ordered changes feed
-    POST /api/v1/enquiries/{id}/notes
-    POST /api/v1/enquiries/{id}/withdraw
+    POST /api/v1/enquiries/{id}/notes            note and amendment follow-ups (typed notes)
+    POST /api/v1/enquiries/{id}/documents        evidence follow-ups (all files of one follow-up in one call)
+    POST /api/v1/enquiries/{id}/withdraw         cancel follow-ups
 
 Authentication is a bearer token read from the environment variable the instance's `credentials.token`
 names. The back office can also push changes as webhooks signed with `hubbridge.signing` (HMAC-SHA256 over
@@ -19,6 +20,7 @@ timestamp + body, five-minute window); `PlanningConnector.parse_webhook` verifie
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -29,21 +31,36 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from hubbridge import signing
-from hubbridge.connectors.base import BackOfficeUpdate, Connector, CreateResult, Delivery, TargetField, UpdatePage
+from hubbridge.case import FollowUpKind
+from hubbridge.connectors.base import (
+    BackOfficeUpdate,
+    Connector,
+    CreateResult,
+    Delivery,
+    Document,
+    FollowUp,
+    FollowUpResult,
+    TargetField,
+    UpdatePage,
+)
 from hubbridge.connectors.http import HttpClient
 from hubbridge.connectors.planning.models import (
+    MAX_DOCUMENTS,
     Change,
     ChangesPage,
+    DocumentsRequest,
+    DocumentsStored,
     Enquiry,
     EnquiryList,
     EnquiryPayload,
     EnquiryRequest,
     ErrorBody,
+    NoteCategory,
     NoteRequest,
     WebhookEnvelope,
     WithdrawRequest,
 )
-from hubbridge.errors import BadResponseError, ConfigError, PermanentError, SecurityError
+from hubbridge.errors import BadResponseError, ConfigError, NotSupported, PermanentError, SecurityError
 
 if TYPE_CHECKING:
     from hubbridge.config.models import ConnectorInstance
@@ -54,6 +71,28 @@ API = "api/v1/"
 MAX_PAGE = 500
 """The largest page the changes feed serves; bigger `limit`s are clamped."""
 MAX_WEBHOOK_BYTES = 1024 * 1024
+NOTE_MAX = 4000
+REASON_MAX = 500
+DESCRIPTION_MAX = 500
+MAX_REQUEST_BYTES = 5 * 1000 * 1000
+"""The largest request body the back office takes (a documents upload is the only one that comes near)."""
+CUT_MARK = " [cut: full text in the Hub]"
+CATEGORY_OF = {FollowUpKind.NOTE: NoteCategory.GENERAL, FollowUpKind.AMENDMENT: NoteCategory.AMENDMENT}
+"""The note category a follow-up's note gets unless the mapping's `followups:` fields give one."""
+FOLLOWUP_FIELDS = {
+    FollowUpKind.NOTE: ("author", "category"), FollowUpKind.AMENDMENT: ("author", "category"),
+    FollowUpKind.CANCEL: ("reason",), FollowUpKind.EVIDENCE: ("description",),
+}
+"""The request fields a mapping may set per follow-up kind (`FollowUp.fields`); the connector fills the rest."""
+
+
+def followup_mark(key: str) -> str:
+    """What starts every note, reason and document description a follow-up makes, so a read finds it again."""
+    return f"[Hub {key}]"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - len(CUT_MARK)] + CUT_MARK
 
 
 def field_errors(exc: ValidationError) -> list[tuple[str, str]]:
@@ -137,6 +176,10 @@ class PlanningConnector(Connector):
     supports_cancel: ClassVar[bool] = True
     supports_notes: ClassVar[bool] = True
     supports_webhooks: ClassVar[bool] = True
+    # No priority (planning officers triage enquiries themselves) and no reopen (a closed enquiry stays closed;
+    # the customer makes a new one): the route's fallback handles those kinds.
+    followup_kinds: ClassVar[frozenset[FollowUpKind]] = frozenset(
+        {FollowUpKind.NOTE, FollowUpKind.AMENDMENT, FollowUpKind.EVIDENCE, FollowUpKind.CANCEL})
 
     def __init__(self, instance: ConnectorInstance, env: Mapping[str, str] | None = None) -> None:
         super().__init__(instance, env)
@@ -307,6 +350,140 @@ class PlanningConnector(Connector):
             raise PermanentError(f"{backoffice_ref}: enquiry is already closed and cannot be withdrawn",
                                  instance=self.name, hint="tell the customer the enquiry was already closed")
         self._fail(resp, f"{backoffice_ref}: withdraw")
+
+    # -- follow-ups ------------------------------------------------------------------------------
+    def follow_up(self, followup: FollowUp) -> FollowUpResult:
+        """A note or amendment as a typed note, evidence as documents, a cancel as a withdrawal.
+
+        No `Idempotency-Key` is sent: a Uniform-style back office has none, so a follow-up is kept from landing
+        twice only by reading the enquiry back (`find_follow_up`), first unless `known_new`.
+        """
+        fields = self._followup_fields(followup)
+        if not followup.known_new:
+            found = self.find_follow_up(followup)
+            if found is not None:
+                log.info("planning.followup.exists", key=followup.key, kind=followup.kind.value,
+                         backoffice_ref=followup.backoffice_ref, instance=self.name)
+                return found
+        if followup.kind == FollowUpKind.CANCEL:
+            result = self._withdraw(followup, fields)
+        elif followup.kind == FollowUpKind.EVIDENCE:
+            result = self._store_documents(followup, fields)
+        else:
+            result = self._note(followup, fields)
+        log.info("planning.followup.done", key=followup.key, kind=followup.kind.value,
+                 backoffice_ref=followup.backoffice_ref, backoffice_id=result.backoffice_id, instance=self.name)
+        return result
+
+    def find_follow_up(self, followup: FollowUp) -> FollowUpResult | None:
+        """The note, documents or withdrawal a follow-up made, from `GET .../enquiries/{id}`; None if absent.
+
+        Notes and documents are ours when their text starts with the follow-up's mark; a withdrawn enquiry
+        counts as withdrawn by this follow-up, whoever did it.
+        """
+        if followup.kind not in self.followup_kinds:
+            raise NotSupported(f"planning takes no {followup.kind.value} follow-ups", instance=self.name)
+        ref = followup.backoffice_ref
+        url = self._url(f"enquiries/{quote(ref, safe='')}")
+        resp = self.http.request("GET", url, headers=self._headers())
+        if resp.status_code == 404:
+            return None
+        self._fail(resp, f"{ref}: read enquiry")
+        enq: Enquiry = self._parse(resp, url, Enquiry, f"{ref}: read enquiry")
+        mark = followup_mark(followup.key)
+        if followup.kind == FollowUpKind.CANCEL:
+            if enq.status != "WITHDRAWN":
+                return None
+            return FollowUpResult(raw={"id": enq.id, "status": enq.status})
+        if followup.kind == FollowUpKind.EVIDENCE:
+            ids = [d.document_id for d in enq.documents if (d.description or "").startswith(mark)]
+            return FollowUpResult(backoffice_id=",".join(ids), raw={"id": enq.id, "document_ids": ids}) if ids else None
+        for note in enq.notes:
+            if note.text.startswith(mark):
+                return FollowUpResult(backoffice_id=str(note.note_id),
+                                      raw={"id": enq.id, "note_id": note.note_id, "category": note.category})
+        return None
+
+    def _followup_fields(self, followup: FollowUp) -> dict[str, Any]:
+        if followup.kind not in self.followup_kinds:
+            raise NotSupported(f"planning takes no {followup.kind.value} follow-ups", instance=self.name)
+        # One `followups:` section fills the fields of every kind: a field of another kind's request is left out,
+        # a name no follow-up request has (a misspelling) is refused rather than silently dropped.
+        known = {name for names in FOLLOWUP_FIELDS.values() for name in names}
+        unknown = sorted(set(followup.fields) - known)
+        if unknown:
+            raise PermanentError(
+                f"{followup.key}: the mapping's follow-up fields {', '.join(unknown)} are not fields of any planning "
+                f"follow-up request", instance=self.name,
+                hint=f"planning follow-ups take {', '.join(sorted(known))}; fix the mapping's followups: section")
+        return {k: v for k, v in followup.fields.items() if k in FOLLOWUP_FIELDS[followup.kind]}
+
+    def _post(self, path: str, body: bytes) -> tuple[str, Any]:
+        url = self._url(path)
+        resp = self.http.request("POST", url, sending=True, data=body,
+                                 headers=self._headers(**{"Content-Type": "application/json"}))
+        return url, resp
+
+    def _note(self, followup: FollowUp, fields: Mapping[str, Any]) -> FollowUpResult:
+        ref = followup.backoffice_ref
+        data = {"text": _cut(f"{followup_mark(followup.key)} {followup.text.strip()}", NOTE_MAX),
+                "author": fields.get("author") or "hubbridge",
+                "category": fields.get("category") or CATEGORY_OF[followup.kind].value}
+        body = self._small_body(NoteRequest, data, ref, "note")
+        url, resp = self._post(f"enquiries/{quote(ref, safe='')}/notes", body)
+        self._fail(resp, f"{ref}: add note")
+        answer = self.http.json(resp, url)
+        note_id = answer.get("note_id") if isinstance(answer, dict) else None
+        if not isinstance(note_id, int):
+            raise BadResponseError(f"{ref}: add note: answer from {url} carries no note_id", instance=self.name)
+        return FollowUpResult(backoffice_id=str(note_id), raw={"id": ref, "note_id": note_id,
+                                                               "category": data["category"]})
+
+    def _withdraw(self, followup: FollowUp, fields: Mapping[str, Any]) -> FollowUpResult:
+        ref = followup.backoffice_ref
+        reason = str(fields.get("reason") or followup.text).strip() or "withdrawn at the customer's request"
+        body = self._small_body(WithdrawRequest, {"reason": _cut(f"{followup_mark(followup.key)} {reason}",
+                                                                 REASON_MAX)}, ref, "withdrawal")
+        url, resp = self._post(f"enquiries/{quote(ref, safe='')}/withdraw", body)
+        if resp.status_code == 409:
+            raise PermanentError(f"{ref}: enquiry is already closed and cannot be withdrawn",
+                                 instance=self.name, hint="tell the customer the enquiry was already closed")
+        self._fail(resp, f"{ref}: withdraw")
+        enq: Enquiry = self._parse(resp, url, Enquiry, f"{ref}: withdraw")
+        return FollowUpResult(raw={"id": enq.id, "status": enq.status})
+
+    def _store_documents(self, followup: FollowUp, fields: Mapping[str, Any]) -> FollowUpResult:
+        ref = followup.backoffice_ref
+        if not followup.documents:
+            raise PermanentError(f"{followup.key}: an evidence follow-up with no documents", instance=self.name)
+        if len(followup.documents) > MAX_DOCUMENTS:
+            raise PermanentError(f"{followup.key}: {len(followup.documents)} documents; the planning back office "
+                                 f"takes at most {MAX_DOCUMENTS} at once", instance=self.name,
+                                 hint="send the evidence in several follow-ups")
+        text = str(fields.get("description") or followup.text).strip()
+        description = _cut(f"{followup_mark(followup.key)} {text}".rstrip(), DESCRIPTION_MAX)
+        uploads = [self._upload(followup, i, doc, description) for i, doc in enumerate(followup.documents, start=1)]
+        body = self._small_body(DocumentsRequest, {"documents": uploads}, ref, "documents")
+        if len(body) > MAX_REQUEST_BYTES:
+            raise PermanentError(f"{followup.key}: the documents come to {len(body)} bytes encoded; the planning "
+                                 f"back office takes requests of at most {MAX_REQUEST_BYTES}", instance=self.name,
+                                 hint="send the files in several follow-ups, or as links")
+        url, resp = self._post(f"enquiries/{quote(ref, safe='')}/documents", body)
+        self._fail(resp, f"{ref}: add documents")
+        stored: DocumentsStored = self._parse(resp, url, DocumentsStored, f"{ref}: add documents")
+        ids = [d.document_id for d in stored.documents]
+        return FollowUpResult(backoffice_id=",".join(ids), raw={"id": ref, "document_ids": ids})
+
+    @staticmethod
+    def _upload(followup: FollowUp, index: int, doc: Document, description: str) -> dict[str, Any]:
+        # The file itself when the Hub sent it (a link can expire before an officer opens it), else the link.
+        upload: dict[str, Any] = {"filename": doc.filename[:200] or f"document-{index}",
+                                  "content_type": doc.content_type, "description": description}
+        if doc.content is not None:
+            upload["content_base64"] = base64.b64encode(doc.content).decode("ascii")
+        elif doc.url is not None:
+            upload["url"] = doc.url
+        return upload
 
     def _small_body(self, model: type[BaseModel], data: dict[str, Any], ref: str, what: str) -> bytes:
         try:

@@ -14,10 +14,18 @@ The shapes follow public material, not a vendor schema (none is published):
   application is named by its `reference`, sits at a `uprn` / `address-text` / `point`, has a
   `planning-application-status`, and belongs to an `organisation` (here: the district, the tenant).
   Kebab-case names there are snake_case here (`address-text` -> `address_text`).
+- Follow-ups on an enquiry: Uniform keeps documents against a case in its document management (Idox
+  Public Access lists them on a case's "Documents" tab), and open311-adapter's Uniform integration adds
+  later updates to an existing service request as visits with `Comments` (`AddVisitsToInspection`).
+  Hence typed notes (`NoteRequest`), evidence files (`DocumentsRequest`, bytes or a link, as the create's
+  `attachments` take links) and the enquiry's notes and documents in `GET /api/v1/enquiries/{id}`, so a
+  client can read back what it sent. The note categories and the document endpoint's shape are ours.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -29,6 +37,13 @@ APPLICATION_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9/.\- ]{2,29}$"
 """Planning application references as councils print them, e.g. `23/01234/FUL` or `W/24/00567/PN`."""
 
 POSTCODE_PATTERN = r"^[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}$"
+
+DOCUMENT_TYPES = frozenset({"application/pdf", "image/jpeg", "image/png", "image/gif", "image/heic", "image/webp",
+                            "text/plain"})
+"""The file types the document store takes on an enquiry."""
+MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+MAX_DOCUMENTS = 10
+"""One `POST .../documents` takes at most ten files of at most 2 MiB each (and, like every request, 5 MB)."""
 
 
 def _aware(value: datetime) -> datetime:
@@ -220,11 +235,56 @@ class EnquiryRequest(EnquiryPayload):
     external_reference: Annotated[str, StringConstraints(min_length=1, max_length=40)]
 
 
+class NoteCategory(StrEnum):
+    """What a note is, so planning officers can filter an enquiry's notes."""
+
+    GENERAL = "GENERAL"
+    CUSTOMER_CONTACT = "CUSTOMER_CONTACT"
+    AMENDMENT = "AMENDMENT"
+    """Details of the enquiry corrected or added by the customer after it was made."""
+
+
 class NoteRequest(_Request):
-    """The body of `POST /api/v1/enquiries/{id}/notes`."""
+    """The body of `POST /api/v1/enquiries/{id}/notes`. Not idempotent without an `Idempotency-Key`."""
 
     text: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
     author: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "hubbridge"
+    category: NoteCategory = NoteCategory.GENERAL
+
+
+Base64Text = Annotated[str, StringConstraints(min_length=4, max_length=4 * (MAX_DOCUMENT_BYTES // 3 + 1))]
+
+
+class DocumentUpload(_Request):
+    """One file for an enquiry: its bytes (`content_base64`) or a link the back office fetches (`url`)."""
+
+    filename: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    content_type: Annotated[str, StringConstraints(pattern=r"^[a-z]+/[a-zA-Z0-9.+-]+$", max_length=100)]
+    description: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+    content_base64: Base64Text | None = None
+    url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DocumentUpload:
+        if (self.content_base64 is None) == (self.url is None):
+            raise ValueError("give exactly one of content_base64 and url")
+        if self.content_type not in DOCUMENT_TYPES:
+            taken = ", ".join(sorted(DOCUMENT_TYPES))
+            raise ValueError(f"content type {self.content_type} is not taken; taken: {taken}")
+        if self.content_base64 is not None:
+            try:
+                content = base64.b64decode(self.content_base64, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("content_base64 is not base64") from None
+            if not content or len(content) > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"the file must be 1 to {MAX_DOCUMENT_BYTES} bytes")
+        return self
+
+
+class DocumentsRequest(_Request):
+    """The body of `POST /api/v1/enquiries/{id}/documents`: stored all together or not at all. Not idempotent."""
+
+    documents: Annotated[list[DocumentUpload], Field(min_length=1, max_length=MAX_DOCUMENTS)]
 
 
 class WithdrawRequest(_Request):
@@ -240,8 +300,37 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class EnquiryNote(_Response):
+    """A note on an enquiry made through this interface, as the enquiry lists it."""
+
+    note_id: int
+    text: str
+    author: str | None = None
+    category: str = NoteCategory.GENERAL.value
+    created_at: AwareDatetime
+
+
+class EnquiryDocument(_Response):
+    """A document stored on an enquiry (what was stored, not the file)."""
+
+    document_id: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    filename: str
+    content_type: str
+    size_bytes: int | None = None
+    url: str | None = None
+    description: str | None = None
+    created_at: AwareDatetime
+
+
+class DocumentsStored(_Response):
+    """The answer to `POST .../documents`: every file of the request, stored."""
+
+    enquiry_id: str
+    documents: Annotated[list[EnquiryDocument], Field(min_length=1)]
+
+
 class Enquiry(_Response):
-    """One enquiry as `GET /api/v1/enquiries/{id}` returns it."""
+    """One enquiry as `GET /api/v1/enquiries/{id}` returns it, with the notes and documents sent to it."""
 
     id: Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
     external_reference: str | None = None
@@ -252,6 +341,8 @@ class Enquiry(_Response):
     updated_at: AwareDatetime
     sequence: int | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+    notes: list[EnquiryNote] = Field(default_factory=list)
+    documents: list[EnquiryDocument] = Field(default_factory=list)
 
 
 class EnquiryList(_Response):

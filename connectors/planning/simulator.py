@@ -3,13 +3,16 @@
 One tenant per district, by first path segment (`/bromsgrove/api/v1/...`). It serves the interface
 described in `hubbridge.connectors.planning.connector`, validates bodies against the same pydantic models
 (422 with field errors), keeps enquiries in a `JobStore` with a lifecycle per enquiry type, exposes a
-changes feed with a strictly increasing sequence, honours `Idempotency-Key` on every POST, lets tests raise
-enquiries directly in the back office, and can push each change as a webhook signed with `hubbridge.signing`.
+changes feed with a strictly increasing sequence, honours `Idempotency-Key` on every POST that carries one
+(without it a note or document sent twice is stored twice), keeps notes and documents on the enquiry and lists
+them in `GET .../enquiries/{id}`, lets tests raise enquiries directly in the back office, and can push each
+change as a webhook signed with `hubbridge.signing`.
 The message shapes follow the public material named in `hubbridge.connectors.planning.models`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -28,10 +31,12 @@ from hubbridge import signing
 from hubbridge.connectors.planning.connector import field_errors
 from hubbridge.connectors.planning.models import (
     FINAL_STATUSES,
+    DocumentsRequest,
     EnquiryPayload,
     EnquiryRequest,
     EnquiryStatus,
     EnquiryType,
+    NoteCategory,
     NoteRequest,
     WithdrawRequest,
 )
@@ -57,6 +62,11 @@ def _iso(value: datetime) -> str:
     return value.isoformat()
 
 
+def _public(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as the API shows it (the digest is the simulator's own, for tests)."""
+    return {k: v for k, v in document.items() if k != "sha256" and v is not None}
+
+
 class PlanningJobStore(JobStore):
     """Enquiries of every district, each moving along the lifecycle of its enquiry type."""
 
@@ -66,6 +76,7 @@ class PlanningJobStore(JobStore):
         self.breach_found = breach_found or (lambda job: job.id % 2 == 1)
         self.kinds: dict[int, str] = {}
         self.notes: dict[int, list[dict[str, Any]]] = {}
+        self.documents: dict[int, list[dict[str, Any]]] = {}  # job id -> stored documents (no file bytes)
         self.listener: Callable[[Job, JobEvent, str], None] | None = None
 
     def path_for(self, job: Job) -> tuple[str, ...]:
@@ -97,7 +108,7 @@ class PlanningJobStore(JobStore):
             for job in list(self.jobs.values()):
                 if tenant is not None and job.tenant != tenant:
                     continue
-                if job.status in FINAL_STATUSES:
+                if job.status in FINAL_STATUSES or self.stalled(job):
                     continue
                 path = self.path_for(job)
                 if job.status not in path:
@@ -138,6 +149,7 @@ class PlanningSimulator(Simulator):
         self._lock = threading.RLock()
         self._idempotency: dict[tuple[str, str, str], tuple[str, Callable[[], Response]]] = {}
         self._note_ids = 0
+        self._document_ids = 0
         self.webhook_url: str | None = None
         self.webhook_secret: str | None = None
         self.webhook_log: list[tuple[int | None, str, list[int]]] = []
@@ -282,7 +294,7 @@ class PlanningSimulator(Simulator):
         rest = parts[2:]
         if rest == ["enquiries"]:
             if r.method == "POST":
-                return self._idempotent(r, "create", lambda body: self._create(r, body))
+                return self._idempotent(r, "create", EnquiryRequest, lambda body: self._create(r, body))
             if r.method == "GET":
                 return self._list(r)
         elif rest == ["changes"] and r.method == "GET":
@@ -292,9 +304,13 @@ class PlanningSimulator(Simulator):
         elif len(rest) == 3 and rest[0] == "enquiries" and r.method == "POST":
             job = self._job(r, rest[1])
             if rest[2] == "notes":
-                return self._idempotent(r, f"notes/{job.ref}", lambda body: self._note(job, body))
+                return self._idempotent(r, f"notes/{job.ref}", NoteRequest, lambda body: self._note(job, body))
+            if rest[2] == "documents":
+                return self._idempotent(r, f"documents/{job.ref}", DocumentsRequest,
+                                        lambda body: self._documents(job, body))
             if rest[2] == "withdraw":
-                return self._idempotent(r, f"withdraw/{job.ref}", lambda body: self._withdraw(job, body))
+                return self._idempotent(r, f"withdraw/{job.ref}", WithdrawRequest,
+                                        lambda body: self._withdraw(job, body))
         else:
             raise _Problem(404, f"no such resource {r.path}")
         raise _Problem(405, f"{r.method} is not allowed on {r.path}")
@@ -320,11 +336,9 @@ class PlanningSimulator(Simulator):
         except ValidationError as exc:
             raise _Problem(422, "validation failed", field_errors(exc)) from None
 
-    def _idempotent(self, r: Request, route: str, action: Callable[[BaseModel], Response]) -> Response:
+    def _idempotent(self, r: Request, route: str, model: type[BaseModel],
+                    action: Callable[[BaseModel], Response]) -> Response:
         """Run a POST once per Idempotency-Key; a replay with the same body gets the current result again."""
-        model: type[BaseModel] = EnquiryRequest
-        if route != "create":
-            model = NoteRequest if route.startswith("notes/") else WithdrawRequest
         body = self._body(r, model)
         key = r.headers.get("idempotency-key")
         if key is None:
@@ -377,9 +391,34 @@ class PlanningSimulator(Simulator):
             self._note_ids += 1
             note = {"note_id": self._note_ids, "enquiry_id": job.ref, "text": body.text, "author": body.author,
                     "created_at": _iso(self.store.clock())}
+            note["category"] = body.category.value
             # Notes from the caller are kept on the enquiry, not echoed into the changes feed (no loops).
             self.store.notes.setdefault(job.id, []).append(note)
+            kind = "amendment" if body.category is NoteCategory.AMENDMENT else "note"
+            self.store.record_followup(job, kind, body.text, note_id=note["note_id"])
         return _json(201, note)
+
+    def _documents(self, job: Job, body: BaseModel) -> Response:
+        assert isinstance(body, DocumentsRequest)  # the model has checked types, sizes and base64 of every file
+        with self._lock:
+            now = _iso(self.store.clock())
+            stored = []
+            for upload in body.documents:
+                self._document_ids += 1
+                doc: dict[str, Any] = {"document_id": f"DOC{self._document_ids:08d}", "filename": upload.filename,
+                                       "content_type": upload.content_type, "description": upload.description,
+                                       "created_at": now}
+                if upload.content_base64 is not None:
+                    content = base64.b64decode(upload.content_base64)
+                    doc |= {"size_bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+                else:
+                    doc["url"] = upload.url  # fetched into the document store later, as create's attachments are
+                stored.append(doc)
+            self.store.documents.setdefault(job.id, []).extend(stored)
+            self.store.record_followup(job, "evidence", body.documents[0].description or "",
+                                       documents=[d["filename"] for d in stored],
+                                       document_ids=[d["document_id"] for d in stored])
+        return _json(201, {"enquiry_id": job.ref, "documents": [_public(d) for d in stored]})
 
     def _withdraw(self, job: Job, body: BaseModel) -> Response:
         assert isinstance(body, WithdrawRequest)
@@ -388,7 +427,8 @@ class PlanningSimulator(Simulator):
                 return _json(200, self._enquiry(job))
             if job.status in FINAL_STATUSES:
                 raise _Problem(409, f"enquiry {job.ref} is already {job.status} and cannot be withdrawn")
-            self.store.set_status(job, S.WITHDRAWN.value, f"withdrawn: {body.reason}")
+            ev = self.store.set_status(job, S.WITHDRAWN.value, f"withdrawn: {body.reason}")
+            self.store.record_followup(job, "cancel", body.reason, sequence=ev.update_id)
         return _json(200, self._enquiry(job))
 
     def _changes(self, r: Request) -> Response:
@@ -424,8 +464,9 @@ class PlanningSimulator(Simulator):
                 "created_at": _iso(job.created_at),
                 "updated_at": _iso(job.changed_at),
                 "sequence": job.events[-1].update_id if job.events else None,
-                "details": job.data,
+                "details": {k: v for k, v in job.data.items() if k != "followups"},  # the records tests count
                 "notes": list(self.store.notes.get(job.id, [])),
+                "documents": [_public(d) for d in self.store.documents.get(job.id, [])],
             }
 
     @staticmethod

@@ -7,9 +7,9 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -19,12 +19,16 @@ from zeep import exceptions as zx
 from zeep.helpers import serialize_object
 from zeep.wsse.username import UsernameToken
 
+from hubbridge.case import FollowUpKind
 from hubbridge.config.models import ConnectorInstance
 from hubbridge.connectors.base import (
     BackOfficeUpdate,
     Connector,
     CreateResult,
     Delivery,
+    Document,
+    FollowUp,
+    FollowUpResult,
     TargetField,
     UpdatePage,
 )
@@ -33,6 +37,7 @@ from hubbridge.connectors.soap import ZEEP_SETTINGS, call, make_client, target_f
 from hubbridge.errors import (
     BadResponseError,
     ConfigError,
+    NotSupported,
     PermanentError,
     TransientError,
     UnknownOutcomeError,
@@ -69,6 +74,19 @@ CONNECTOR_FILLED = ("ExternalReference",)
 MAX_PAGE = 500  # MaxRecords upper bound in the XSD
 NOTE_MAX = 2000
 REASON_MAX = 200
+DESCRIPTION_MAX = 200
+FILE_NAME_MAX = 100
+MAX_DOCUMENTS = 10
+MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+"""AddServiceRequestDocument's limits, as the XSD documents them: ten files a call, each at most 2 MiB."""
+CUT_MARK = " [cut: full text in the Hub]"
+NOTE_TYPE_OF = {FollowUpKind.NOTE: "GENERAL", FollowUpKind.AMENDMENT: "AMENDMENT"}
+"""The NoteType a follow-up's note gets unless the mapping's `followups:` fields give one."""
+FOLLOWUP_FIELDS = {
+    FollowUpKind.NOTE: ("NoteType",), FollowUpKind.AMENDMENT: ("NoteType",),
+    FollowUpKind.CANCEL: ("Reason",), FollowUpKind.EVIDENCE: ("Description",),
+}
+"""The request fields a mapping may set per follow-up kind (`FollowUp.fields`); the connector fills the rest."""
 CURSOR_PREFIX = "change:"
 LONDON = ZoneInfo("Europe/London")
 
@@ -155,6 +173,32 @@ def _fits_type(value: Any, xsd_type: str) -> bool:
     return True
 
 
+@cache
+def _enum(simple_type: str) -> tuple[str, ...]:
+    """The enumeration of one of the shipped XSD's simple types (read once)."""
+    return xsd_facets()[simple_type].enum
+
+
+def followup_mark(key: str) -> str:
+    """What starts every note, reason and document description a follow-up makes, so a read finds it again."""
+    return f"[Hub {key}]"
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` within `limit` characters, saying so when it had to be cut."""
+    return text if len(text) <= limit else text[: limit - len(CUT_MARK)] + CUT_MARK
+
+
+def _file_name(name: str) -> str:
+    """A file name within the document store's 100 characters, keeping its extension."""
+    if len(name) <= FILE_NAME_MAX:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext) > 10:
+        return name[:FILE_NAME_MAX]
+    return stem[: FILE_NAME_MAX - len(ext) - 1] + "." + ext
+
+
 def _aware(value: datetime) -> datetime:
     # The service sends offsets; a naive time from a real back office is UK local time.
     return (value if value.tzinfo is not None else value.replace(tzinfo=LONDON)).astimezone(UTC)
@@ -166,6 +210,10 @@ class RevenuesConnector(Connector):
     plugin = "revenues"
     supports_cancel = True
     supports_notes = True
+    # No priority (an officer sets work-queue priority in the back office), no reopen (a withdrawn or closed
+    # item stays so; the customer's new request is a new work item): the route's fallback handles those.
+    followup_kinds: ClassVar[frozenset[FollowUpKind]] = frozenset(
+        {FollowUpKind.NOTE, FollowUpKind.AMENDMENT, FollowUpKind.EVIDENCE, FollowUpKind.CANCEL})
 
     def __init__(self, instance: ConnectorInstance, env: Mapping[str, str] | None = None) -> None:
         super().__init__(instance, env)
@@ -293,9 +341,7 @@ class RevenuesConnector(Connector):
     # -- notes and withdrawal ------------------------------------------------------------------------------
     def add_note(self, backoffice_ref: str, note: str) -> None:
         """Add a note to a work item (cut to the back office's 2,000 characters, saying so)."""
-        if len(note) > NOTE_MAX:
-            marker = " [cut: full text in the Hub]"
-            note = note[: NOTE_MAX - len(marker)] + marker
+        note = _cut(note, NOTE_MAX)
         self._call("AddServiceRequestNote",
                    lambda: self.service.AddServiceRequestNote(WorkItemRef=backoffice_ref, NoteText=note),
                    ref=backoffice_ref)
@@ -306,6 +352,134 @@ class RevenuesConnector(Connector):
         self._call("WithdrawServiceRequest",
                    lambda: self.service.WithdrawServiceRequest(WorkItemRef=backoffice_ref, Reason=reason),
                    ref=backoffice_ref)
+
+    # -- follow-ups -----------------------------------------------------------------------------------------
+    def follow_up(self, followup: FollowUp) -> FollowUpResult:
+        """A note or amendment as a typed note, evidence as stored documents, a cancel as a withdrawal.
+
+        None of these operations is idempotent, so unless `known_new` the work item is read first and what an
+        earlier attempt left there (found by `followup_mark`) is returned instead of sending again.
+        """
+        fields = self._followup_fields(followup)
+        if not followup.known_new:
+            found = self.find_follow_up(followup)
+            if found is not None:
+                log.info("revenues.followup.exists", key=followup.key, kind=followup.kind.value,
+                         backoffice_ref=followup.backoffice_ref, instance=self.name)
+                return found
+        if followup.kind == FollowUpKind.CANCEL:
+            result = self._withdraw(followup, fields)
+        elif followup.kind == FollowUpKind.EVIDENCE:
+            result = self._store_documents(followup, fields)
+        else:
+            result = self._note(followup, fields)
+        log.info("revenues.followup.done", key=followup.key, kind=followup.kind.value,
+                 backoffice_ref=followup.backoffice_ref, backoffice_id=result.backoffice_id, instance=self.name)
+        return result
+
+    def find_follow_up(self, followup: FollowUp) -> FollowUpResult | None:
+        """The note, documents or withdrawal a follow-up made, read back with GetServiceRequest; None if absent.
+
+        Notes and documents are ours when their text starts with the follow-up's mark and their Source is
+        INTERFACE; a withdrawn item counts as withdrawn by this follow-up, whoever did it.
+        """
+        if followup.kind not in self.followup_kinds:
+            raise NotSupported(f"revenues takes no {followup.kind.value} follow-ups", instance=self.name)
+        notes = followup.kind in NOTE_TYPE_OF
+        documents = followup.kind == FollowUpKind.EVIDENCE
+        items = self._items(WorkItemRef=followup.backoffice_ref, IncludeNotes=notes, IncludeDocuments=documents)
+        if not items:
+            return None
+        item, mark = items[0], followup_mark(followup.key)
+        if followup.kind == FollowUpKind.CANCEL:
+            if str(item.StatusCode) != "WITHDRAWN":
+                return None
+            return FollowUpResult(raw={"WorkItemRef": str(item.WorkItemRef), "StatusCode": "WITHDRAWN"})
+        if documents:
+            mine = [d for d in (getattr(item, "Document", None) or [])
+                    if d.Source == "INTERFACE" and (d.Description or "").startswith(mark)]
+            if not mine:
+                return None
+            ids = [str(d.DocumentId) for d in mine]
+            return FollowUpResult(backoffice_id=",".join(ids), raw={"WorkItemRef": str(item.WorkItemRef),
+                                                                   "DocumentIds": ids})
+        for note in getattr(item, "Note", None) or []:
+            if note.Source == "INTERFACE" and (note.NoteText or "").startswith(mark):
+                return FollowUpResult(backoffice_id=str(note.ChangeNumber),
+                                      raw={"WorkItemRef": str(item.WorkItemRef), "ChangeNumber": int(note.ChangeNumber),
+                                           "NoteType": note.NoteType})
+        return None
+
+    def _followup_fields(self, followup: FollowUp) -> dict[str, Any]:
+        if followup.kind not in self.followup_kinds:
+            raise NotSupported(f"revenues takes no {followup.kind.value} follow-ups", instance=self.name)
+        # One `followups:` section fills the fields of every kind: a field of another kind's operation is left out,
+        # a name no follow-up operation has (a misspelling) is refused rather than silently dropped.
+        known = {name for names in FOLLOWUP_FIELDS.values() for name in names}
+        unknown = sorted(set(followup.fields) - known)
+        if unknown:
+            raise PermanentError(
+                f"{followup.key}: the mapping's follow-up fields {', '.join(unknown)} are not fields of any revenues "
+                f"follow-up operation", instance=self.name,
+                hint=f"revenues follow-ups take {', '.join(sorted(known))}; fix the mapping's followups: section")
+        return {k: v for k, v in followup.fields.items() if k in FOLLOWUP_FIELDS[followup.kind]}
+
+    def _note(self, followup: FollowUp, fields: Mapping[str, Any]) -> FollowUpResult:
+        note_type = str(fields.get("NoteType") or NOTE_TYPE_OF[followup.kind])
+        allowed = _enum("NoteTypeCode")
+        if note_type not in allowed:
+            raise PermanentError(f"{followup.key}: NoteType {note_type!r} is not one of {', '.join(allowed)}",
+                                 instance=self.name, hint="fix NoteType in the mapping's followups: section")
+        text = _cut(f"{followup_mark(followup.key)} {followup.text.strip()}", NOTE_MAX)
+        resp = self._call("AddServiceRequestNote", lambda: self.service.AddServiceRequestNote(
+            WorkItemRef=followup.backoffice_ref, NoteText=text, NoteType=note_type), ref=followup.backoffice_ref)
+        return FollowUpResult(backoffice_id=str(resp.ChangeNumber),
+                              raw={"WorkItemRef": str(resp.WorkItemRef), "ChangeNumber": int(resp.ChangeNumber),
+                                   "NoteType": note_type})
+
+    def _withdraw(self, followup: FollowUp, fields: Mapping[str, Any]) -> FollowUpResult:
+        reason = str(fields.get("Reason") or followup.text).strip() or "withdrawn at the customer's request"
+        reason = _cut(f"{followup_mark(followup.key)} {reason}", REASON_MAX)
+        item = self._call("WithdrawServiceRequest", lambda: self.service.WithdrawServiceRequest(
+            WorkItemRef=followup.backoffice_ref, Reason=reason), ref=followup.backoffice_ref)
+        return FollowUpResult(raw={"WorkItemRef": str(item.WorkItemRef), "StatusCode": str(item.StatusCode)})
+
+    def _store_documents(self, followup: FollowUp, fields: Mapping[str, Any]) -> FollowUpResult:
+        description = str(fields.get("Description") or followup.text).strip()
+        description = _cut(f"{followup_mark(followup.key)} {description}".rstrip(), DESCRIPTION_MAX)
+        uploads = [self._upload(followup, i, doc, description) for i, doc in enumerate(followup.documents, start=1)]
+        if not uploads:
+            raise PermanentError(f"{followup.key}: an evidence follow-up with no documents", instance=self.name)
+        if len(uploads) > MAX_DOCUMENTS:
+            raise PermanentError(f"{followup.key}: {len(uploads)} documents; the revenues system takes at most "
+                                 f"{MAX_DOCUMENTS} at once", instance=self.name,
+                                 hint="send the evidence in several follow-ups")
+        resp = self._call("AddServiceRequestDocument", lambda: self.service.AddServiceRequestDocument(
+            WorkItemRef=followup.backoffice_ref, Document=uploads), ref=followup.backoffice_ref)
+        ids = [str(d.DocumentId) for d in (resp.Document or [])]
+        return FollowUpResult(backoffice_id=",".join(ids) or None,
+                              raw={"WorkItemRef": str(resp.WorkItemRef), "ChangeNumber": int(resp.ChangeNumber),
+                                   "DocumentIds": ids})
+
+    def _upload(self, followup: FollowUp, index: int, doc: Document, description: str) -> dict[str, Any]:
+        # errors name the document by position and type: a file name can carry a person's name
+        what = f"{followup.key}: document {index} ({doc.content_type})"
+        if doc.content is None:
+            raise PermanentError(
+                f"{what} came as a link only; the revenues document store takes the file itself",
+                instance=self.name, hint="have the Hub send the file's bytes, or route this evidence by e-mail")
+        if not doc.content:
+            raise PermanentError(f"{what} is empty", instance=self.name)
+        if len(doc.content) > MAX_DOCUMENT_BYTES:
+            raise PermanentError(f"{what} is {len(doc.content)} bytes; the revenues system takes at most "
+                                 f"{MAX_DOCUMENT_BYTES}", instance=self.name,
+                                 hint="send a smaller scan, or route this evidence by e-mail")
+        allowed = _enum("DocumentContentType")
+        if doc.content_type not in allowed:
+            raise PermanentError(f"{what}: the revenues document store takes only {', '.join(allowed)}",
+                                 instance=self.name, hint="convert the file, or route this evidence by e-mail")
+        return {"FileName": _file_name(doc.filename or f"document-{index}"), "ContentType": doc.content_type,
+                "Content": doc.content, "Description": description}
 
     # -- dry run -------------------------------------------------------------------------------------------
     def render(self, delivery: Delivery) -> str:

@@ -1,12 +1,16 @@
 """A loopback SOAP server playing a revenues & benefits back office (one system per tenant path segment).
 
 Speaks the shipped `revenues.wsdl`: raises work items, moves them through officer work queues, pages its
-changes by change number, takes notes and withdrawals, refuses unknown accounts with soap:Client faults
+changes by change number, takes notes, evidence documents and withdrawals (none of them idempotent, as the
+WSDL says), reads notes and documents back, refuses unknown accounts and work items with soap:Client faults
 and, through the shared FaultPlan, misbehaves like a real one.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -44,6 +48,12 @@ NOT_WITHDRAWABLE = frozenset({"COMPLETED", "CLOSED", "REJECTED"})
 UNKNOWN_ACCOUNTS = frozenset({"90000001", "90000002", "90000003", "99999"})
 """Council tax account / benefit claim references the simulated system has never heard of."""
 
+NOTE_TYPES = frozenset({"GENERAL", "CUSTOMER_CONTACT", "AMENDMENT"})
+DOCUMENT_TYPES = frozenset({"application/pdf", "image/jpeg", "image/png", "image/gif", "image/tiff", "text/plain"})
+MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+MAX_DOCUMENTS = 10
+"""What AddServiceRequestDocument takes in one call (the XSD's maxOccurs and its documented size limit)."""
+
 TEAM = {"CTCOA": "Council Tax team", "CTSPD": "Council Tax discounts team", "HBCOC": "Benefits team",
         "CTARR": "Council Tax recovery team"}
 
@@ -73,6 +83,10 @@ def _iso(value: datetime) -> str:
     return value.isoformat()
 
 
+def _flag(op_el: etree._Element, name: str) -> bool:
+    return (op_el.findtext(f"{{{NS}}}{name}") or "").strip().lower() in ("true", "1")
+
+
 class RevenuesSimulator(Simulator):
     """Revenues & benefits back office on loopback; one system per tenant (`/shared-services/`, ...)."""
 
@@ -90,6 +104,9 @@ class RevenuesSimulator(Simulator):
         self.store = JobStore(LIFECYCLE, ref_format="RB{id:07d}", first_id=1000)
         self._lock = threading.RLock()
         self._kinds: dict[int, tuple[str, str]] = {}  # change number -> (ChangeType, Source)
+        self._note_types: dict[int, str] = {}  # change number of a note -> its NoteType
+        self._documents: dict[int, list[dict[str, Any]]] = {}  # job id -> stored documents (no file bytes)
+        self._document_ids = 0
         self._max_len = element_max_lengths()
 
     # -- test and demo controls ------------------------------------------------------------------------
@@ -98,7 +115,7 @@ class RevenuesSimulator(Simulator):
         moved = 0
         with self._lock:
             for job in list(self.store.jobs.values()):
-                if tenant is not None and job.tenant != tenant:
+                if (tenant is not None and job.tenant != tenant) or self.store.stalled(job):
                     continue
                 step = self._next_step(job)
                 if step is None:
@@ -164,6 +181,12 @@ class RevenuesSimulator(Simulator):
         with self._lock:
             return sum(1 for j in self.store.jobs.values()
                        if j.hub_ref == hub_ref and (tenant is None or j.tenant == tenant))
+
+    def documents_of(self, tenant: str, ref: str) -> list[dict[str, Any]]:
+        """What the document store holds for a work item (names, types, sizes, digests), oldest first."""
+        with self._lock:
+            job = self.store.by_ref(tenant, ref)
+            return [dict(d) for d in self._documents.get(job.id, ())] if job is not None else []
 
     def notes_of(self, tenant: str, ref: str) -> list[str]:
         """Texts of the notes on a work item, oldest first."""
@@ -237,6 +260,7 @@ class RevenuesSimulator(Simulator):
             "GetServiceRequest": self._op_get,
             "GetServiceRequestChanges": self._op_changes,
             "AddServiceRequestNote": self._op_note,
+            "AddServiceRequestDocument": self._op_document,
             "WithdrawServiceRequest": self._op_withdraw,
         }.get(op)
         if handler is None:
@@ -328,6 +352,8 @@ class RevenuesSimulator(Simulator):
     def _op_get(self, tenant: str, op_el: etree._Element) -> etree._Element:
         ref = op_el.findtext(f"{{{NS}}}WorkItemRef")
         ext = op_el.findtext(f"{{{NS}}}ExternalReference")
+        notes = _flag(op_el, "IncludeNotes")
+        documents = _flag(op_el, "IncludeDocuments")
         with self._lock:
             if ref:
                 job = self.store.by_ref(tenant, ref)
@@ -338,7 +364,7 @@ class RevenuesSimulator(Simulator):
                 raise SoapFault("Client", "VALIDATION", "give WorkItemRef or ExternalReference")
             resp = etree.Element(f"{{{NS}}}GetServiceRequestResponse", nsmap={None: NS})
             for job in jobs:
-                resp.append(self._work_item(job))
+                resp.append(self._work_item(job, notes=notes, documents=documents))
         return resp
 
     def _op_changes(self, tenant: str, op_el: etree._Element) -> etree._Element:
@@ -374,7 +400,15 @@ class RevenuesSimulator(Simulator):
         text = (op_el.findtext(f"{{{NS}}}NoteText") or "").strip()
         if not text:
             raise SoapFault("Client", "VALIDATION", "NoteText is required")
-        number = self._change(job, job.status, text, "NOTE", "INTERFACE")
+        note_type = (op_el.findtext(f"{{{NS}}}NoteType") or "GENERAL").strip()
+        if note_type not in NOTE_TYPES:
+            raise SoapFault("Client", "VALIDATION", f"unknown NoteType {note_type}")
+        with self._lock:
+            number = self._change(job, job.status, text, "NOTE", "INTERFACE")
+            self._note_types[number] = note_type
+            # the follow-up kind this note stands for, as the tests count them: an amendment is a typed note
+            self.store.record_followup(job, "amendment" if note_type == "AMENDMENT" else "note", text,
+                                       change_number=number)
         resp = etree.Element(f"{{{NS}}}AddServiceRequestNoteResponse", nsmap={None: NS})
         self._sub(resp, "WorkItemRef", job.ref)
         self._sub(resp, "ChangeNumber", str(number))
@@ -389,11 +423,63 @@ class RevenuesSimulator(Simulator):
             if job.status in NOT_WITHDRAWABLE:
                 raise SoapFault("Client", "NOT_WITHDRAWABLE",
                                 f"work item {job.ref} is {job.status} and can no longer be withdrawn")
-            if job.status != "WITHDRAWN":
-                self._change(job, "WITHDRAWN", f"withdrawn: {reason}", "STATUS", "INTERFACE")
+            if job.status != "WITHDRAWN":  # withdrawing again changes nothing, so there is nothing to record
+                number = self._change(job, "WITHDRAWN", f"withdrawn: {reason}", "STATUS", "INTERFACE")
+                self.store.record_followup(job, "cancel", reason, change_number=number)
             resp = etree.Element(f"{{{NS}}}WithdrawServiceRequestResponse", nsmap={None: NS})
             resp.append(self._work_item(job))
         return resp
+
+    def _op_document(self, tenant: str, op_el: etree._Element) -> etree._Element:
+        job = self._job(tenant, op_el)
+        uploads = op_el.findall(f"{{{NS}}}Document")
+        if not uploads:
+            raise SoapFault("Client", "VALIDATION", "at least one Document is required")
+        if len(uploads) > MAX_DOCUMENTS:
+            raise SoapFault("Client", "VALIDATION", f"{len(uploads)} documents; at most {MAX_DOCUMENTS} per call")
+        # every file is checked before any is stored: the call stores all of them or none
+        checked = [self._upload(i, el) for i, el in enumerate(uploads, start=1)]
+        with self._lock:
+            now = self.store.clock()
+            stored = []
+            for name, ctype, content, description in checked:
+                self._document_ids += 1
+                stored.append({"DocumentId": f"DOC{self._document_ids:07d}", "FileName": name, "ContentType": ctype,
+                               "SizeBytes": len(content), "Description": description, "StoredAt": now,
+                               "Source": "INTERFACE", "sha256": hashlib.sha256(content).hexdigest()})
+            self._documents.setdefault(job.id, []).extend(stored)
+            count = f"{len(stored)} document{'s' if len(stored) > 1 else ''}"
+            number = self._change(job, job.status, f"{count} added to the work item's evidence", "DOCUMENT",
+                                  "INTERFACE")
+            self.store.record_followup(job, "evidence", checked[0][3] or "",
+                                       documents=[d["FileName"] for d in stored], change_number=number)
+            resp = etree.Element(f"{{{NS}}}AddServiceRequestDocumentResponse", nsmap={None: NS})
+            self._sub(resp, "WorkItemRef", job.ref)
+            self._sub(resp, "ChangeNumber", str(number))
+            for doc in stored:
+                resp.append(self._document(doc))
+        return resp
+
+    @staticmethod
+    def _upload(index: int, el: etree._Element) -> tuple[str, str, bytes, str | None]:
+        name = (el.findtext(f"{{{NS}}}FileName") or "").strip()
+        ctype = (el.findtext(f"{{{NS}}}ContentType") or "").strip()
+        raw = re.sub(r"\s+", "", el.findtext(f"{{{NS}}}Content") or "")
+        description = (el.findtext(f"{{{NS}}}Description") or "").strip() or None
+        if not name:
+            raise SoapFault("Client", "VALIDATION", f"Document {index}: FileName is required")
+        if ctype not in DOCUMENT_TYPES:
+            raise SoapFault("Client", "VALIDATION", f"Document {index}: content type {ctype!r} is not taken")
+        try:
+            content = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise SoapFault("Client", "VALIDATION", f"Document {index}: Content is not base64") from None
+        if not content:
+            raise SoapFault("Client", "VALIDATION", f"Document {index}: the file is empty")
+        if len(content) > MAX_DOCUMENT_BYTES:
+            raise SoapFault("Client", "VALIDATION",
+                            f"Document {index}: {len(content)} bytes; at most {MAX_DOCUMENT_BYTES} allowed")
+        return name, ctype, content, description
 
     # -- XML helpers ---------------------------------------------------------------------------------------
     def _job(self, tenant: str, op_el: etree._Element) -> Job:
@@ -408,7 +494,17 @@ class RevenuesSimulator(Simulator):
         if value is not None:
             etree.SubElement(parent, f"{{{NS}}}{name}").text = value
 
-    def _work_item(self, job: Job) -> etree._Element:
+    def _document(self, doc: Mapping[str, Any]) -> etree._Element:
+        el = etree.Element(f"{{{NS}}}Document")
+        for name in ("DocumentId", "FileName", "ContentType"):
+            self._sub(el, name, doc[name])
+        self._sub(el, "SizeBytes", str(doc["SizeBytes"]))
+        self._sub(el, "Description", doc["Description"])
+        self._sub(el, "StoredAt", _iso(doc["StoredAt"]))
+        self._sub(el, "Source", doc["Source"])
+        return el
+
+    def _work_item(self, job: Job, *, notes: bool = False, documents: bool = False) -> etree._Element:
         d = job.data
         el = etree.Element(f"{{{NS}}}WorkItem")
         self._sub(el, "WorkItemRef", job.ref)
@@ -423,6 +519,20 @@ class RevenuesSimulator(Simulator):
         self._sub(el, "RaisedBy", d.get("RaisedBy"))
         self._sub(el, "CustomerName", d.get("CustomerName"))
         self._sub(el, "EffectiveDate", d.get("EffectiveDate"))
+        if notes:
+            for ev in job.events:
+                change_type, source = self._kinds.get(ev.update_id, ("", ""))
+                if change_type != "NOTE":
+                    continue
+                note = etree.SubElement(el, f"{{{NS}}}Note")
+                self._sub(note, "ChangeNumber", str(ev.update_id))
+                self._sub(note, "CreatedAt", _iso(ev.at))
+                self._sub(note, "Source", source)
+                self._sub(note, "NoteType", self._note_types.get(ev.update_id, "GENERAL"))
+                self._sub(note, "NoteText", ev.note or "")
+        if documents:
+            for doc in self._documents.get(job.id, ()):
+                el.append(self._document(doc))
         return el
 
 

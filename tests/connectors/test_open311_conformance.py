@@ -40,6 +40,7 @@ def refused(i: int) -> Delivery:
 
 OPEN311: dict[str, Any] = dict(
     connector=Open311Connector, simulator=Open311Simulator, delivery=sample, tenant=TENANT, refused_delivery=refused,
-    name="highways-{tenant}", credentials={"api_key": KEY_ENV}, env={KEY_ENV: DEFAULT_API_KEY})
+    name="highways-{tenant}", credentials={"api_key": KEY_ENV}, env={KEY_ENV: DEFAULT_API_KEY},
+    followup_writes={kind: "servicerequestupdates" for kind in ("note", "evidence", "cancel", "reopen")})
 TestOpen311JsonConformance = conformance_tests(**OPEN311, options={"format": "json", "server_echoes_attributes": True})
 TestOpen311XmlConformance = conformance_tests(**OPEN311, options={"format": "xml", "server_echoes_attributes": True})

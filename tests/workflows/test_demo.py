@@ -36,6 +36,20 @@ def test_demo_runs_every_service_area_and_loses_nothing(tmp_path: Path) -> None:
     assert all(s["lost"] == 0 for s in summary["by_service"].values())
     routed = {service for (_, service) in load_config(SHIPPED_CONFIG, Settings()).routes}
     assert set(summary["by_service"]) <= routed
+    # about a fifth of the cases were followed up; each reached its back office once, or a dead letter
+    fu = summary["followups"]
+    assert fu["submitted"] >= 5 and fu["lost"] == 0 and fu["duplicated"] == 0
+    assert fu["delivered"] + fu["dead_lettered"] == fu["submitted"]
+    assert sum(fu["dead_letter_reasons"].values()) == fu["dead_lettered"]  # each with its reason
+    # the back offices' own records hold one entry per follow-up sent to them; the inboxes one mail per e-mailed
+    assert fu["backoffice_records"] == fu["via"].get("operation", 0) + fu["via"].get("note", 0)
+    assert fu["emails_received"] == fu["via"].get("email", 0)
+    # some back-office jobs are left untouched: their clocks breach, people are told, the back office chased
+    sla = summary["sla"]
+    assert sla["breaches"] > 0 and sla["escalations_lost"] == 0 and sla["escalations_dead_lettered"] == 0
+    assert sla["emails_received"] == sla["webhooks_received"] == sla["warnings"] + sla["breaches"]
+    assert sla["chases_delivered"] == sla["chases"] > 0
+    assert sla["breaches_by_promise"]["customer"] > 0 and sla["breaches_by_promise"]["service_area"] > 0
 
 
 def _processes_of(data: Path) -> list[int]:

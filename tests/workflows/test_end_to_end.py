@@ -67,7 +67,7 @@ def embedded(tmp_path: Path) -> Iterator[Stack]:
 
 def test_refuse_cases_flow_end_to_end_on_the_embedded_default(embedded: Stack) -> None:
     cases = list(generate_cases(N_CASES, services=REFUSE))
-    assert embedded.submit(cases) == {"accepted": N_CASES, "duplicate": 0, "rejected": 0}
+    assert embedded.submit(cases) == {"accepted": N_CASES, "duplicate": 0, "amended": 0, "followups": 0, "rejected": 0}
     refs = [c["ref"] for c in cases if c["service"] == "refuse.missed-collection"]
     assert embedded.wait_settled(N_CASES) >= N_CASES, embedded.logs()
     _check(embedded, refs)

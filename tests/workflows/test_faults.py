@@ -130,11 +130,37 @@ class Batch:
         self.cases = list(generate_cases(n, services=SERVICES, seed=seed, start_serial=seed * 1000 + 1))
         self.refs = [c["ref"] for c in self.cases]
         self.raised: list[tuple[str, str]] = []  # (tenant, back-office ref)
+        self.followups: list[dict[str, Any]] = []
         self.started = time.monotonic()
 
     def submit(self) -> None:
         counts = self.stack.submit(self.cases)
-        assert counts == {"accepted": self.n, "duplicate": 0, "rejected": 0}, counts
+        assert counts == {"accepted": self.n, "duplicate": 0, "amended": 0, "followups": 0, "rejected": 0}, counts
+        # the Hub follows a fifth of the cases up straight away: most wait for their case, some meet the fault
+        self.followups = [self._followup(i, c) for i, c in enumerate(self.cases) if i % 5 == 2]
+        counts = self.stack.submit(self.followups)
+        assert counts["followups"] == len(self.followups) and counts["rejected"] == 0, counts
+
+    @staticmethod
+    def _followup(i: int, case: dict[str, Any]) -> dict[str, Any]:
+        import base64
+        from datetime import UTC, datetime
+
+        from hubbridge.connectors.simulator import SAMPLE_JPEG
+
+        body: dict[str, Any] = {"id": f"fault-{i}", "ref": case["ref"], "occurred_at": datetime.now(UTC).isoformat()}
+        if i % 10 == 2:
+            return {**body, "kind": "note", "note": f"Customer rang back ({i})"}
+        photo = base64.b64encode(SAMPLE_JPEG).decode()
+        return {**body, "kind": "evidence",
+                "attachments": [{"filename": f"bin-{i}.jpg", "content_type": "image/jpeg", "content": photo}]}
+
+    def followups_pending(self) -> int:
+        from hubbridge.store import FollowUpRow
+
+        with session_scope(self.stack.database_url) as s:
+            return int(s.scalar(select(func.count()).select_from(FollowUpRow).where(FollowUpRow.state == "pending"))
+                       or 0)
 
     def raise_directly(self, n: int = N_RAISED) -> None:
         """Residents phone their district's depot: jobs the Hub never sent."""
@@ -160,7 +186,7 @@ class Batch:
     def done(self) -> bool:
         """Everything settled, every job finished in the back office and its last state in the Hub."""
         hub, store = self.stack.hub, self.stack.bartec.store
-        if self.settled() < self.n:
+        if self.settled() < self.n or self.followups_pending():
             return False
         if any(j.status != self._final() for j in store.jobs.values()):
             return False
@@ -221,6 +247,11 @@ class Batch:
                 problems.append(f"{len(found)} {what}: {found[:5]}")
         if lost:
             problems.append("where the lost cases stand: " + self._trail(lost[:3]))
+        followups_lost, followups_twice = self._followups_check(by_ref)
+        for what, found in (("follow-ups not delivered", followups_lost),
+                            ("follow-ups the back office holds more than once", followups_twice)):
+            if found:
+                problems.append(f"{len(found)} {what}: {found[:5]}")
         if len(dead) != expected_dead:
             problems.append(f"{len(dead)} dead letters, {expected_dead} expected: {dead_reasons[:5]}")
         if pending:
@@ -236,6 +267,9 @@ class Batch:
             "hub_updates": sum(len(hub.updates_for(r)) for r in all_refs),
             "hub_resends_refused_as_duplicates": len(hub.duplicates),
             "out_of_order": len(hub.out_of_order),
+            "followups": len(self.followups),
+            "followups_lost": len(followups_lost),
+            "followups_duplicated": len(followups_twice),
             "dead_letters": len(dead),
             "dead_letters_expected": expected_dead,
             "seconds": round(time.monotonic() - self.started, 1),
@@ -246,6 +280,27 @@ class Batch:
         assert not problems, "\n".join(problems) + "\n" + self.stack.logs()[-6000:]
         return figures
 
+
+    def _followups_check(self, by_ref: dict[str, str]) -> tuple[list[str], list[str]]:
+        """Follow-ups not delivered by our records, and those the back office's own records hold other than once."""
+        from hubbridge.store import FollowUpRow
+
+        with session_scope(self.stack.database_url) as s:
+            ours = s.execute(select(FollowUpRow.hub_ref, FollowUpRow.sequence, FollowUpRow.kind, FollowUpRow.state)
+                             .where(FollowUpRow.hub_ref.in_(self.refs))).all()
+        lost = [f"{ref}/{seq}: {state}" for ref, seq, _, state in ours if state != "delivered"]
+        lost += [f["ref"] for f in self.followups if f["ref"] not in {r for r, *_ in ours}]
+        wrong = []
+        bartec = self.stack.bartec
+        for ref, seq, kind, _ in ours:
+            backoffice_ref = by_ref.get(ref)
+            with bartec.store._lock:
+                job = next((j for j in bartec.store.jobs.values() if j.ref == backoffice_ref), None)
+            records = [r for r in bartec.followups_for(backoffice_ref, job.tenant)] if job else []
+            mine = [r for r in records if r["kind"] == kind]
+            if len(mine) != 1:
+                wrong.append(f"{ref}/{seq} {kind}: {len(mine)} in the back office")
+        return lost, wrong
 
     def _trail(self, refs: list[str]) -> str:
         from hubbridge.store import EventRow

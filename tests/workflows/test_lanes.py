@@ -29,7 +29,9 @@ def test_the_delivery_and_sync_lanes_split_every_queue_between_them() -> None:
     # every task lands on a queue some lane consumes, and only deliveries on the delivery lane's
     routed = {task: route["queue"] for task, route in celery_app.conf.task_routes.items()}
     assert set(routed.values()) <= every
-    assert {task for task, queue in routed.items() if queue in delivery} == {"hubbridge.deliver_case"}
+    # a follow-up is a call to a back office the Hub waits on too: it rides with the deliveries
+    assert {task for task, queue in routed.items() if queue in delivery} == {"hubbridge.deliver_case",
+                                                                              "hubbridge.deliver_followups"}
 
 
 def test_each_lane_has_its_own_pool_size_and_priority(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -210,6 +210,24 @@ def test_case_lookup_by_hub_or_backoffice_reference_shows_the_whole_trail(app: A
     assert missing.status_code == 404 and 'id="not-found"' in missing.text
 
 
+def test_case_page_lists_the_followups_with_their_delivery_state(app: Any, rig: Rig) -> None:
+    from hubbridge.store import utcnow
+    from hubbridge.workflows.followups import accept_followup, deliver_followups
+
+    ref = take_in(rig.rt, cases_of("refuse.missed-collection")[0])
+    at = utcnow().isoformat()
+    accept_followup(rig.rt, {"ref": ref, "kind": "note", "note": "Rang back", "occurred_at": at})
+    assert deliver_followups(rig.rt, ref).kind == "done"
+    accept_followup(rig.rt, {"ref": ref, "kind": "cancel", "occurred_at": at})
+    html = login(app, "olive").get("/console/cases", params={"ref": ref}).text
+    table = html.split('id="followups"', 1)[1].split("</table>", 1)[0]
+    rows = table.split("<tr>")[2:]
+    assert len(rows) == 2
+    assert "note" in rows[0] and "fu-delivered" in rows[0] and "operation" in rows[0]
+    assert "cancel" in rows[1] and "fu-pending" in rows[1]
+    assert "Rang back" not in html  # what the Hub said of the customer is not on the page
+
+
 def test_case_lookup_shows_no_customer_details(app: Any, rig: Rig) -> None:
     case = cases_of("refuse.missed-collection")[0]
     ref = take_in(rig.rt, case)
