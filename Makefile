@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CASES ?= 500
 
-.PHONY: setup demo test lint services browser bench clean
+.PHONY: setup demo test lint services browser promtool bench clean
 
 $(BIN)/hubbridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ lint: setup
 browser:
 	bash .ci/browser
 
-test: setup lint browser
+# the shipped Prometheus alert rules are checked with promtool (from Debian's prometheus package)
+promtool:
+	bash .ci/promtool
+
+test: setup lint browser promtool
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 services:

@@ -74,19 +74,20 @@ def due(
     at = _instant(start, "--start")
     try:
         engine = _engine(config_dir)
-        dues = engine.due(policy, priority, at)
+        dues = engine.due(policy, priority, at, promise=None)
         specs = engine.specs(policy, priority)
     except HubbridgeError as exc:
         raise _fail(exc) from None
     if as_json:
         sys.stdout.write(json.dumps({"clocks": {k: v.isoformat() for k, v in dues.items()}}) + "\n")
         return
-    table = Table(title=f"{policy} ({priority.value}) started {_local(at)}")
-    for col in ("clock", "target", "calendar", "warn at", "due (Europe/London)", "due (UTC)"):
+    table = Table(title=f"{policy} ({priority.value}) started {_local(at)}",
+                  caption="customer clocks start when the case is routed, service_area ones when it is delivered")
+    for col in ("clock", "promise", "target", "calendar", "warn at", "due (Europe/London)", "due (UTC)"):
         table.add_column(col)
     for name, when in dues.items():
         spec = specs[name]
-        table.add_row(name, spec.target_text, spec.calendar.name,
+        table.add_row(name, spec.promise, spec.target_text, spec.calendar.name,
                       _local(spec.calendar.add(at, spec.warn_after)), _local(when), when.isoformat())
     Console(width=200).print(table)
 
@@ -138,33 +139,54 @@ def report(
     fmt: Format = typer.Option(Format.TABLE, "--format", help="table, csv or json"),
     now: str | None = typer.Option(None, "--now", help="Standing of open clocks as at this instant"),
     database_url: str | None = typer.Option(None, "--database-url", help="Store URL (default: settings)"),
+    config_dir: Path | None = typer.Option(None, "--config-dir", help="Config directory (default: settings)"),
 ) -> None:
-    """Volume, met %, breached, at risk, open, median and p90 business time per clock."""
-    from hubbridge.sla.report import COLUMNS, HEADINGS, build_report, to_csv, to_json
+    """Per clock: volume, met %, breached, at risk, open, median and p90 business time; then both promises
+    (the customer's SLA and the service area's own level) side by side, and who holds the delay."""
+    from hubbridge.sla.policy import load_sla_config
+    from hubbridge.sla.report import COLUMNS, HEADINGS, build_promises, build_report, to_csv, to_json
     from hubbridge.store import session_scope
 
     start, end = _date(from_, "--from"), _date(to, "--to")
     keys = [k.strip() for k in by.split(",") if k.strip()]
     at = _instant(now, "--now") if now else datetime.now(UTC)
     try:
+        promises = load_sla_config(config_dir or get_settings().config_dir).promises
         with session_scope(database_url or get_settings().resolved_database_url) as session:
-            rows = build_report(session, start, end, keys, now=at)
+            rows = build_report(session, start, end, keys, now=at, promises=promises)
+            sides = build_promises(session, start, end, promises, keys, now=at) if fmt is not Format.CSV else []
     except HubbridgeError as exc:
         raise _fail(exc) from None
     if fmt is Format.CSV:
         sys.stdout.write(to_csv(rows, keys))
         return
     if fmt is Format.JSON:
-        sys.stdout.write(to_json(rows, start, end, keys) + "\n")
+        sys.stdout.write(to_json(rows, start, end, keys, sides) + "\n")
         return
     table = Table(title=f"SLA report {start} to {end} (business hours)")
-    for col in [*keys, "clock", *(HEADINGS[c] for c in COLUMNS[:7])]:
-        table.add_column(col, justify="left" if col in (*keys, "clock") else "right")
+    for col in [*keys, "clock", "promise", *(HEADINGS[c] for c in COLUMNS[:7])]:
+        table.add_column(col, justify="left" if col in (*keys, "clock", "promise") else "right")
     for r in rows:
         flat = r.flat()
-        table.add_row(*(str(flat[k]) for k in keys), r.clock,
+        table.add_row(*(str(flat[k]) for k in keys), r.clock, r.promise,
                       *("-" if flat[c] is None else str(flat[c]) for c in COLUMNS[:7]))
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    side = Table(title="Both promises per case: the customer's SLA (from routing), the service area's own level "
+                       "(from delivery), and who holds the delay")
+    for col in [*keys, "cases", "customer met / at risk / breached", "service area met / at risk / breached",
+                "not delivered", "open, held by hub / service area / customer", "breaches: hub's / service area's",
+                "handover mean / max h"]:
+        side.add_column(col, justify="left" if col in keys else "right", no_wrap=col in keys)
+    for p in sides:
+        cu, sa, held, blame = p.customer, p.service_area, p.held_by, p.breaches_held_by
+        hand = " / ".join("-" if p.handover[k] is None else str(p.handover[k]) for k in ("mean_h", "max_h"))
+        side.add_row(*(str(p.group[k]) for k in keys), str(p.cases),
+                     f"{cu['met']} / {cu['at_risk']} / {cu['breached']}",
+                     f"{sa['met']} / {sa['at_risk']} / {sa['breached']}", str(sa["not_started"]),
+                     f"{held['hub']} / {held['service_area']} / {held['customer']}",
+                     f"{blame['hub']} / {blame['service_area']}", hand)
+    console.print(side)
 
 
 calendars_app = typer.Typer(help="Business calendars: check that their closure days do not run out.",

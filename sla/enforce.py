@@ -6,7 +6,8 @@
 4. the actions, each one INSERT ... SELECT / UPDATE over the marked clocks: audit events, the cases'
    queue priority (and pending deliveries brought forward so reconcile re-publishes them at that
    priority), Hub updates in the outbox (sequence = the case's last + 1), breaches into the escalation
-   outbox (`sla_escalations`, destination queue from config), then metrics.
+   outbox (`sla_escalations`, destination queue from config), each firing's e-mail / webhook targets and
+   back-office chases into `sla_escalation_sends` (sent by `hubbridge.sla.escalate`), then metrics.
 
 `publish_escalations` then sends the escalation outbox to each destination's queue on the broker.
 
@@ -23,13 +24,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from hubbridge.sla import metrics
-from hubbridge.sla.policy import SlaConfig
-from hubbridge.sla.tables import TICKING_STATES, SlaClockRow, SlaEscalationRow, SlaSweepRow
-from hubbridge.store import UtcDateTime
+from hubbridge.sla.policy import CUSTOMER, SERVICE_AREA, SlaConfig
+from hubbridge.sla.tables import (
+    SEND_PENDING,
+    TICKING_STATES,
+    SlaClockRow,
+    SlaEscalationRow,
+    SlaEscalationSendRow,
+    SlaSweepRow,
+)
+from hubbridge.store import CaseRow, UtcDateTime
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +61,8 @@ class SweepResult:
     updated_refs: list[str] = field(default_factory=list)
     escalations: dict[str, list[str]] = field(default_factory=dict)
     escalated: int = 0
+    sends: int = 0
+    chases: int = 0
     brought_forward: int = 0
     seconds: float = 0.0
 
@@ -121,19 +131,27 @@ def sweep(session: Session, now: datetime, config: SlaConfig | None = None, *,
         _finish(session, run, result, began, refresh_gauges, now)
         return result
 
-    params = {"sid": sid, "now": now, "now_iso": _iso(now)}
+    service_area = config.clocks_of_promise(SERVICE_AREA) if config is not None else []
+    params: dict[str, Any] = {"sid": sid, "now": now, "now_iso": _iso(now),
+                              **{f"sa_{i}": name for i, name in enumerate(service_area)}}
     typed = [bindparam("now", type_=UtcDateTime())]
     fired = f"{_fired('breach')} UNION ALL {_fired('warning')}"
     j = parts["json"]
+    # which promise the clock times: the few service-area clock names of sla.yaml go inline
+    sa_in = ", ".join(f":sa_{i}" for i in range(len(service_area)))
+    promise = (f"CASE WHEN f.clock IN ({sa_in}) THEN '{SERVICE_AREA}' ELSE '{CUSTOMER}' END" if service_area
+               else f"'{CUSTOMER}'")
+    whose = (f"CASE WHEN f.clock IN ({sa_in}) THEN 'the service area''s ' ELSE 'the customer''s ' END"
+             if service_area else "'the customer''s '")
     note = (
         "CASE WHEN f.kind = 'breach' THEN "
-        "'SLA breach: the ' || f.clock || ' clock was due ' || " + parts["due_text"] +
+        "'SLA breach: ' || " + whose + " || f.clock || ' clock was due ' || " + parts["due_text"] +
         " || '; escalated to ' || COALESCE(f.escalation, 'the service manager') "
-        "ELSE 'SLA warning: the ' || f.clock || ' clock is due ' || " + parts["due_text"] + " END"
+        "ELSE 'SLA warning: ' || " + whose + " || f.clock || ' clock is due ' || " + parts["due_text"] + " END"
     )
     events = session.execute(text(
         f"INSERT INTO events (hub_ref, kind, detail, at) "
-        f"SELECT f.hub_ref, 'sla.' || f.kind, {j}('clock', f.clock, 'service', f.service, "
+        f"SELECT f.hub_ref, 'sla.' || f.kind, {j}('clock', f.clock, 'promise', {promise}, 'service', f.service, "
         f"'authority', f.authority, 'due_at', {parts['due_text']}, 'escalation', f.escalation, "
         f"'spent_s', f.spent_s, 'target_s', f.target_s, 'sweep', CAST(:sid AS BIGINT), 'note', {note}), :now "
         f"FROM ({fired}) f"
@@ -166,6 +184,7 @@ def sweep(session: Session, now: datetime, config: SlaConfig | None = None, *,
     result.hub_updates = updates.rowcount or 0
 
     result.escalated = _escalate(session, config, params)
+    result.sends, result.chases = _queue_sends(session, config, sid, now)
 
     result.updated_refs = list(session.scalars(text(
         f"SELECT DISTINCT f.hub_ref FROM ({fired}) f JOIN cases c ON c.hub_ref = f.hub_ref ORDER BY f.hub_ref"
@@ -186,7 +205,8 @@ def sweep(session: Session, now: datetime, config: SlaConfig | None = None, *,
             metrics.fired(kind, service, authority, clock, count)
     _finish(session, run, result, began, refresh_gauges, now)
     log.info("sla.sweep", sweep=sid, warnings=result.warnings, breaches=result.breaches,
-             hub_updates=result.hub_updates, escalated=result.escalated, seconds=round(result.seconds, 3))
+             hub_updates=result.hub_updates, escalated=result.escalated, sends=result.sends,
+             chases=result.chases, seconds=round(result.seconds, 3))
     return result
 
 
@@ -228,6 +248,51 @@ def _escalate(session: Session, config: SlaConfig | None, params: dict[str, obje
     return inserted.rowcount or 0
 
 
+DELIVERED_STAGES = ("delivered", "acknowledged")
+"""A case its back office holds: a breach on it chases the back office."""
+CHASE_CHANNEL = "chase"
+CHASE_TARGET = "backoffice"
+
+
+def _queue_sends(session: Session, config: SlaConfig | None, sid: int, now: datetime) -> tuple[int, int]:
+    """Queue this sweep's warnings and breaches for each e-mail / webhook target, and the back-office chases.
+
+    The unique (sweep, clock, kind, escalation, target) row is what makes each reach each target once; the
+    sender claims, sends and records it. Returns (target sends, chases) queued.
+    """
+    if config is None:
+        return 0, 0
+    clk = SlaClockRow
+    fired = session.execute(
+        select(clk.id, clk.hub_ref, clk.clock, clk.service, clk.authority, clk.escalation, clk.policy,
+               clk.due_at, clk.breach_sweep, CaseRow.stage)
+        .join(CaseRow, CaseRow.hub_ref == clk.hub_ref, isouter=True)
+        .where(or_(clk.breach_sweep == sid, clk.warn_sweep == sid))
+        .order_by(clk.hub_ref, clk.clock)
+    ).all()
+    rows: list[dict[str, Any]] = []
+    chases = 0
+    for f in fired:
+        kind = "breach" if f.breach_sweep == sid else "warning"
+        base = {"sweep_id": sid, "clock_id": f.id, "hub_ref": f.hub_ref, "clock": f.clock, "kind": kind,
+                "service": f.service, "authority": f.authority, "escalation": f.escalation or "", "due_at": f.due_at,
+                "fired_at": now, "state": SEND_PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now,
+                "priority": None}
+        esc = config.escalations.get(f.escalation) if f.escalation else None
+        for target in esc.targets if esc is not None else []:
+            if kind in target.on and (target.authorities is None or f.authority in target.authorities):
+                rows.append({**base, "target": target.name, "channel": target.type})
+        if kind == "breach" and f.stage in DELIVERED_STAGES:
+            chase = config.chase(f.policy, f.escalation)
+            if chase is not None and chase.covers(f.clock, config.promise_of(f.clock)):
+                rows.append({**base, "target": CHASE_TARGET, "channel": CHASE_CHANNEL,
+                             "priority": chase.raise_priority})
+                chases += 1
+    if rows:
+        session.execute(insert(SlaEscalationSendRow), rows)
+    return len(rows) - chases, chases
+
+
 ESCALATION_EXCHANGE = "hubbridge.sla"
 FALLBACK_QUEUE = "sla.escalations"
 """Where a breach goes when its clock names no escalation (or one since removed from sla.yaml)."""
@@ -258,7 +323,9 @@ def publish_escalations(session: Session, connection: Any, config: SlaConfig | N
                 queue.declare(channel=channel)
                 declared.add(row.queue)
             producer.publish(
-                {"hub_ref": row.hub_ref, "clock": row.clock, "service": row.service, "authority": row.authority,
+                {"hub_ref": row.hub_ref, "clock": row.clock,
+                 "promise": config.promise_of(row.clock) if config is not None else CUSTOMER,
+                 "service": row.service, "authority": row.authority,
                  "escalation": row.escalation, "hub_team": teams.get(row.escalation), "sweep": row.sweep_id,
                  "due_at": row.due_at.isoformat() if row.due_at else None,
                  "breached_at": row.created_at.isoformat()},

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from hubbridge.case import HubStatus, Priority
 from hubbridge.errors import ConfigError, HubbridgeError
 from hubbridge.sla.calendar import BusinessCalendar
-from hubbridge.sla.policy import ClockSpec, SlaConfig, load_sla_config
+from hubbridge.sla.policy import CUSTOMER, ClockSpec, SlaConfig, load_sla_config
 from hubbridge.sla.tables import OPEN_STATES, PAUSED, PENDING, RUNNING, STOPPED, SlaClockRow, SlaPauseRow
-from hubbridge.store import record_event
+from hubbridge.store import CaseRow, record_event
 
 if TYPE_CHECKING:
     from hubbridge.sla.enforce import SweepResult
@@ -58,6 +58,7 @@ class ClockView:
     """Where one clock stands at a moment, for `sla show` and the API."""
 
     clock: str
+    promise: str
     state: str
     policy: str
     priority: str
@@ -100,10 +101,15 @@ class SlaEngine:
     def specs(self, policy: str, priority: Priority | str) -> dict[str, ClockSpec]:
         return self.config.clocks(policy, priority)
 
-    def due(self, service: str, priority: Priority | str, start: datetime) -> dict[str, datetime]:
-        """The due time of every clock of a case of `service` started (routed) at `start`."""
+    def due(self, service: str, priority: Priority | str, start: datetime,
+            *, promise: str | None = CUSTOMER) -> dict[str, datetime]:
+        """The due time of each clock of `promise` (None: every clock) of a case of `service` started at `start`.
+
+        The customer's clocks start when the case is routed, the service area's when it is delivered.
+        """
         at = _utc(start)
-        return {name: spec.calendar.add(at, spec.target) for name, spec in self.specs(service, priority).items()}
+        return {name: spec.calendar.add(at, spec.target) for name, spec in self.specs(service, priority).items()
+                if promise is None or spec.promise == promise}
 
     def calendar(self, name: str) -> BusinessCalendar:
         return self.config.calendar(name)
@@ -133,28 +139,31 @@ class SlaEngine:
         policy: str | None = None,
         escalation: str | None = None,
         new: bool = False,
+        status: HubStatus | str | None = None,
     ) -> list[SlaClockRow]:
-        """Create the case's clocks (idempotent) and start those whose rules start on `routed`.
+        """Create the case's clocks (idempotent) and start those whose rules start on `routed` or `status`.
 
         `policy` defaults to the service key; `escalation` (a route's override) replaces the policy's.
         `new=True` says the case was created in this transaction, so it has no clocks to look for.
+        `status` is the case's Hub status when it is already past `routed` (read from the store when not
+        given): a case raised in a back office is delivered from the start, so the service area's clocks run.
         """
         at = _utc(at)
         if not new:
             existing = self.clocks_of(session, hub_ref)
             if existing:
                 return existing
+            if status is None:
+                status = session.scalar(select(CaseRow.status).where(CaseRow.hub_ref == hub_ref))
+        starting = {HubStatus.ROUTED}
+        if status is not None:
+            starting.add(HubStatus(status))
         key = policy or service
         prio = Priority(priority)
         rows = []
         for name, spec in self.specs(key, prio).items():
-            row = SlaClockRow(
-                hub_ref=hub_ref, clock=name, service=service, authority=authority, policy=key,
-                priority=prio.value, calendar=spec.calendar.name, escalation=escalation or spec.escalation,
-                state=PENDING, target_s=_secs(spec.target), warn_s=_secs(spec.warn_after), spent_s=0,
-                warned=False, breached=False, pauses=0, restarts=0,
-            )
-            if HubStatus.ROUTED in spec.rules.start_on:
+            row = self._new_row(hub_ref, name, spec, service, authority, key, prio, escalation)
+            if starting & spec.rules.start_on:
                 self._run(row, at, first=True)
             rows.append(row)
         if new:
@@ -171,6 +180,34 @@ class SlaEngine:
         log.info("sla.start", hub_ref=hub_ref, policy=key, priority=prio.value)
         return rows
 
+    @staticmethod
+    def _new_row(hub_ref: str, name: str, spec: ClockSpec, service: str, authority: str, policy: str,
+                 prio: Priority, escalation: str | None) -> SlaClockRow:
+        return SlaClockRow(
+            hub_ref=hub_ref, clock=name, service=service, authority=authority, policy=policy,
+            priority=prio.value, calendar=spec.calendar.name, escalation=escalation or spec.escalation,
+            state=PENDING, target_s=_secs(spec.target), warn_s=_secs(spec.warn_after), spent_s=0,
+            warned=False, breached=False, pauses=0, restarts=0,
+        )
+
+    def _add_missing(self, session: Session, rows: list[SlaClockRow], status: HubStatus) -> list[SlaClockRow]:
+        """Clocks the case lacks that `status` starts: a case in flight when its policy gained the service
+        area's clocks gets them at its delivery, not never."""
+        first = rows[0]
+        specs = self.specs(first.policy, first.priority)
+        have = {r.clock for r in rows}
+        missing = {n: s for n, s in specs.items() if n not in have and status in s.rules.start_on}
+        if not missing:
+            return []
+        # a route's escalation override shows as a clock whose escalation is not its policy's
+        base = specs.get(first.clock)
+        override = first.escalation if base is not None and first.escalation != base.escalation else None
+        added = [self._new_row(first.hub_ref, n, s, first.service, first.authority, first.policy,
+                               Priority(first.priority), override) for n, s in missing.items()]
+        session.add_all(added)
+        session.flush()
+        return added
+
     def on_status(
         self, session: Session, hub_ref: str, status: HubStatus | str, at: datetime,
         *, clocks: list[SlaClockRow] | None = None,
@@ -183,6 +220,8 @@ class SlaEngine:
         status = HubStatus(status)
         at = _utc(at)
         rows = self.clocks_of(session, hub_ref) if clocks is None else clocks
+        if rows and status != HubStatus.ROUTED:
+            rows = [*rows, *self._add_missing(session, rows, status)]
         for row in rows:
             rules = self._spec(row).rules
             when = self._not_before(row, at)
@@ -273,7 +312,8 @@ class SlaEngine:
             pauses = session.scalars(select(SlaPauseRow).where(SlaPauseRow.clock_id == row.id)
                                      .order_by(SlaPauseRow.id))
             out.append(ClockView(
-                clock=row.clock, state=row.state, policy=row.policy, priority=row.priority, calendar=row.calendar,
+                clock=row.clock, promise=self.config.promise_of(row.clock), state=row.state, policy=row.policy,
+                priority=row.priority, calendar=row.calendar,
                 target_s=row.target_s, spent_s=self.spent(row, now), started_at=row.started_at,
                 due_at=row.due_at, warn_at=row.warn_at, stopped_at=row.stopped_at, stop_status=row.stop_status,
                 warned=row.warned, breached=row.breached, standing=self.standing(row, now),

@@ -1,4 +1,8 @@
-"""Prometheus metrics of SLA standing per service and authority (on the default registry)."""
+"""Prometheus metrics of SLA standing per service and authority (on the default registry).
+
+The counters reach `/metrics` from the worker that sweeps through the multiprocess set-up in
+`hubbridge.workflows.metrics`; the standing gauges are read from the store at each scrape instead.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +22,17 @@ from hubbridge.sla.tables import TICKING_STATES, SlaClockRow
 LABELS = ("service", "authority")
 AT_RISK_DOC = ("hubbridge_sla_clocks_at_risk", "Open SLA clocks past their warning point, not yet breached")
 BREACHED_DOC = ("hubbridge_sla_clocks_breached", "Open SLA clocks past their due time")
+STANDING_NAMES = frozenset({AT_RISK_DOC[0], BREACHED_DOC[0]})
+"""The gauges `/metrics` reads from the store rather than from the processes that set them."""
 
 
 def _make(registry: CollectorRegistry) -> tuple[Counter, Counter, Gauge, Gauge, Histogram]:
     return (
         Counter("hubbridge_sla_warnings", "SLA warnings fired", [*LABELS, "clock"], registry=registry),
         Counter("hubbridge_sla_breaches", "SLA breaches fired", [*LABELS, "clock"], registry=registry),
-        Gauge(*AT_RISK_DOC, LABELS, registry=registry),
-        Gauge(*BREACHED_DOC, LABELS, registry=registry),
+        # across processes, the last sweep's figures (its process alive) stand; /metrics reads the store anyway
+        Gauge(*AT_RISK_DOC, LABELS, registry=registry, multiprocess_mode="livemostrecent"),
+        Gauge(*BREACHED_DOC, LABELS, registry=registry, multiprocess_mode="livemostrecent"),
         Histogram("hubbridge_sla_sweep_seconds", "Time taken by one SLA sweep", registry=registry,
                   buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)),
     )
@@ -117,22 +124,12 @@ def collect_from_store(database_url: str, registry: CollectorRegistry = REGISTRY
 _store_collectors: weakref.WeakKeyDictionary[CollectorRegistry, StoreStandingCollector] = weakref.WeakKeyDictionary()
 
 
-class _ProcessMetricsLessStanding(Collector):
-    """This process's default registry without the standing gauges, which the store answers for instead."""
-
-    def collect(self) -> Iterator[object]:  # type: ignore[override]
-        for family in REGISTRY.collect():
-            if family.name not in (AT_RISK_DOC[0], BREACHED_DOC[0]):
-                yield family
-
-
 def scrape_registry(database_url: str) -> CollectorRegistry:
-    """A registry for `/metrics` of a process that does not sweep: its own metrics, SLA standing from the store.
+    """A registry for `/metrics` of a process that does not sweep: every process's metrics, SLA standing from the store.
 
     The default registry is left untouched, so gauges this process sets (in tests, or an API that also
     sweeps) keep working.
     """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ProcessMetricsLessStanding())
-    registry.register(StoreStandingCollector(database_url))
-    return registry
+    from hubbridge.workflows.metrics import scrape_registry as every_process
+
+    return every_process(database_url)

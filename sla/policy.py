@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from hubbridge.case import SERVICE_KEY_PATTERN, HubStatus, Priority
-from hubbridge.config.models import ServicesFile
+from hubbridge.config.models import AuthoritiesFile, RetryPolicy, ServicesFile
 from hubbridge.config.yamlfile import YamlDoc, load_yaml
 from hubbridge.errors import ConfigError, ConfigErrors
 from hubbridge.sla.calendar import BusinessCalendar, parse_hours
@@ -27,6 +27,11 @@ SLA_FILE = "sla.yaml"
 ELAPSED = BusinessCalendar.twenty_four_seven("24x7")
 """The calendar of elapsed-hours targets: wall-clock time whatever the policy's calendar."""
 REQUIRED_CLOCKS = ("acknowledge", "resolve")
+"""The customer's promise every policy times (the service area's own clocks are optional per policy)."""
+CUSTOMER = "customer"
+SERVICE_AREA = "service_area"
+PROMISES = (CUSTOMER, SERVICE_AREA)
+Promise = Literal["customer", "service_area"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,30}$")]
@@ -174,6 +179,13 @@ class ClockRules(Strict):
                                    description="reset: a fresh target from the reopen; resume: keep time spent")
 
 
+class ClockRule(ClockRules):
+    """A clock's rules in `clock_rules`, and which promise it times: a clock name means one promise everywhere."""
+
+    promise: Promise = Field(CUSTOMER, description="customer: the Hub's SLA to the customer, from routing; "
+                             "service_area: the service area's own operational level, from delivery")
+
+
 class ClockConfig(ClockRules):
     """One clock of a policy; rules left out come from `clock_rules`."""
 
@@ -192,28 +204,116 @@ class PriorityOverride(Strict):
     clocks: dict[Name, ClockConfig] = Field(default_factory=dict)
 
 
+FiredKind = Literal["warning", "breach"]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,100}$")]
+EmailAddress = Annotated[str, StringConstraints(pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$", max_length=254)]
+AuthorityKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
+
+
+class Chase(Strict):
+    """A breach on a case its back office holds sends the back office a note through the follow-ups path."""
+
+    enabled: bool = True
+    clocks: list[Name] | None = Field(None, description="Only these clocks' breaches chase (default: every clock)")
+    promises: list[Promise] | None = Field(
+        None, description="Only breaches of these promises' clocks chase (default: every promise)")
+    raise_priority: Literal["high", "emergency"] | None = Field(
+        None, description="Also ask the back office to raise the job to this priority (where its system has one)")
+
+    def covers(self, clock: str, promise: str) -> bool:
+        """Whether a breach of `clock` (timing `promise`) chases the back office."""
+        return ((self.clocks is None or clock in self.clocks)
+                and (self.promises is None or promise in self.promises))
+
+
+class TargetBase(Strict):
+    name: Name = Field(description="Names the target in the store: each escalation reaches each target once")
+    on: list[FiredKind] = Field(default_factory=lambda: ["warning", "breach"], min_length=1)
+    authorities: list[AuthorityKey] | None = Field(
+        None, description="Only cases of these councils (default: every council the escalation covers)")
+
+
+class EmailTarget(TargetBase):
+    """E-mail to named inboxes, through the SMTP server in `smtp:`."""
+
+    type: Literal["email"]
+    to: list[EmailAddress] = Field(min_length=1, max_length=50)
+
+
+class WebhookTarget(TargetBase):
+    """A chat message to an incoming webhook; its URL (a secret) is read from the named environment variable."""
+
+    type: Literal["webhook"]
+    url_env: EnvName
+    format: Literal["slack", "teams"] = Field(
+        description="slack: {'text': ...}; teams: a Teams Workflows message carrying an Adaptive Card")
+
+
+EscalationTarget = Annotated[EmailTarget | WebhookTarget, Field(discriminator="type")]
+
+
+class SmtpConfig(Strict):
+    """The SMTP server escalation e-mail goes through; credentials only by environment variable name."""
+
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    from_: EmailAddress = Field(alias="from")
+    security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls", description="none is refused with credentials, except to a server on this machine")
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+    @model_validator(mode="after")
+    def _both(self) -> SmtpConfig:
+        if (self.username_env is None) != (self.password_env is None):
+            raise ValueError("give both username_env and password_env, or neither")
+        return self
+
+
 class PolicyConfig(Strict):
     description: str | None = None
     calendar: Name
     warn_fraction: Fraction | None = None
     escalation: Name | None = None
+    chase: Chase | None = Field(None, description="Overrides the escalation's chase for this policy")
     clocks: dict[Name, ClockConfig]
     priorities: dict[Priority, PriorityOverride] = Field(default_factory=dict)
 
 
 class Escalation(Strict):
-    """Where breached work goes: a named team and the queue its work is routed to."""
+    """Where breached work goes: a named team, the queue its work is routed to, and who is told."""
 
     description: str
     queue: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9._-]{0,80}$")]
     hub_team: str | None = Field(None, description="The Hub team told about the breach")
+    targets: list[EscalationTarget] = Field(default_factory=list, description="E-mail and webhook recipients")
+    chase: Chase | None = Field(None, description="Chase the back office on a breach of a delivered case")
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, value: list[EmailTarget | WebhookTarget]) -> list[EmailTarget | WebhookTarget]:
+        names = [t.name for t in value]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ValueError(f"target names must differ within an escalation: {', '.join(doubled)}")
+        return value
+
+    def target(self, name: str) -> EmailTarget | WebhookTarget | None:
+        return next((t for t in self.targets if t.name == name), None)
+
+
+ESCALATION_RETRY = RetryPolicy(max_attempts=10, base_seconds=30.0, max_seconds=1800.0)
+"""Retries for an hour or two (full-jitter backoff up to 30 min apart), then a dead letter."""
 
 
 class SlaFile(Strict):
     schema_: str | None = Field(None, alias="$schema")
     warn_fraction: Fraction = 0.75
-    clock_rules: dict[Name, ClockRules]
+    clock_rules: dict[Name, ClockRule]
     calendars: dict[Name, CalendarSpec]
+    smtp: SmtpConfig | None = None
+    escalation_retry: RetryPolicy = ESCALATION_RETRY
     escalations: dict[Name, Escalation] = Field(default_factory=dict)
     policies: dict[PolicyKey, PolicyConfig]
 
@@ -238,6 +338,7 @@ class ClockSpec:
     warn_fraction: float
     escalation: str | None
     rules: Rules
+    promise: str = CUSTOMER
 
     @property
     def warn_after(self) -> timedelta:
@@ -266,6 +367,27 @@ class SlaConfig:
             raise ConfigError(f"no calendar {name!r}", path=str(self.path),
                               hint="a clock in the store names a calendar the config no longer has") from None
 
+    def promise_of(self, clock: str) -> str:
+        """The promise a clock times (a clock without a `clock_rules` entry times the customer's)."""
+        rule = self.file.clock_rules.get(clock)
+        return rule.promise if rule is not None else CUSTOMER
+
+    @property
+    def promises(self) -> dict[str, str]:
+        """Clock name -> the promise it times, for every clock of `clock_rules`."""
+        return {name: rule.promise for name, rule in self.file.clock_rules.items()}
+
+    def clocks_of_promise(self, promise: str) -> list[str]:
+        """The clock names of `clock_rules` that time `promise`."""
+        return sorted(name for name, rule in self.file.clock_rules.items() if rule.promise == promise)
+
+    def chase(self, policy: str, escalation: str | None) -> Chase | None:
+        """The chase of a policy's breaches: the policy's own, else its escalation's (None: no chase)."""
+        pol = self.file.policies.get(policy)
+        esc = self.file.escalations.get(escalation) if escalation else None
+        chosen = (pol.chase if pol is not None else None) or (esc.chase if esc is not None else None)
+        return chosen if chosen is not None and chosen.enabled else None
+
     def policy(self, key: str) -> PolicyConfig:
         try:
             return self.file.policies[key]
@@ -281,10 +403,10 @@ class SlaConfig:
         out = {}
         for name, base in pol.clocks.items():
             spec = over.clocks.get(name) or ClockConfig()
-            rules_base = self.file.clock_rules.get(name) or ClockRules()
+            rules_base = self.file.clock_rules.get(name) or ClockRule()
 
             def pick(field: str, spec: ClockConfig = spec, base: ClockConfig = base,
-                     rules_base: ClockRules = rules_base) -> Any:
+                     rules_base: ClockRule = rules_base) -> Any:
                 for src in (spec, base, rules_base):
                     value = getattr(src, field)
                     if value is not None:
@@ -311,6 +433,7 @@ class SlaConfig:
                                or pol.warn_fraction or self.file.warn_fraction),
                 escalation=spec.escalation or over.escalation or base.escalation or pol.escalation,
                 rules=rules,
+                promise=rules_base.promise,
             )
         return out
 
@@ -393,6 +516,12 @@ def _cross_check(doc: YamlDoc, sla: SlaFile, cdir: Path) -> list[ConfigError]:
         if value is not None and value not in known:
             errs.append(doc.error(f"unknown {kind} {value!r}", loc, near(value, known)))
 
+    if sla.smtp is None:
+        for name, esc in sla.escalations.items():
+            for i, target in enumerate(esc.targets):
+                if target.type == "email":
+                    errs.append(doc.error("an e-mail target needs the smtp: section", ["escalations", name,
+                                          "targets", i], "add smtp: {host, port, from, security}"))
     for key, pol in sla.policies.items():
         base = ["policies", key]
         check_ref("calendar", pol.calendar, sla.calendars, [*base, "calendar"])
@@ -409,6 +538,12 @@ def _cross_check(doc: YamlDoc, sla: SlaFile, cdir: Path) -> list[ConfigError]:
             check_ref("escalation", clock.escalation, sla.escalations, [*loc, "escalation"])
             if name not in sla.clock_rules and clock.stop_on is None:
                 errs.append(doc.error(f"clock {name!r} has no stop_on and no clock_rules entry", loc))
+            rule = sla.clock_rules.get(name)
+            if rule is not None and rule.promise == SERVICE_AREA and HubStatus.ROUTED in (
+                    clock.start_on or rule.start_on or []):
+                # the Hub holds a routed case until it is delivered: that time is not the service area's
+                errs.append(doc.error(f"service-area clock {name!r} starts on routed", [*loc, "start_on"],
+                                      "start it on delivered, when the back office has the case"))
         for prio, over in pol.priorities.items():
             loc = [*base, "priorities", prio.value]
             check_ref("calendar", over.calendar, sla.calendars, [*loc, "calendar"])
@@ -419,6 +554,17 @@ def _cross_check(doc: YamlDoc, sla: SlaFile, cdir: Path) -> list[ConfigError]:
                                           [*loc, "clocks", name], near(name, pol.clocks)))
                 check_ref("calendar", clock.calendar, sla.calendars, [*loc, "clocks", name, "calendar"])
                 check_ref("escalation", clock.escalation, sla.escalations, [*loc, "clocks", name, "escalation"])
+    authorities_path = cdir / "authorities.yaml"
+    if authorities_path.is_file():
+        try:
+            councils = load_yaml(authorities_path).validate(AuthoritiesFile).authorities
+        except (ConfigError, ConfigErrors):
+            councils = None  # reported by the main config loader
+        for name, esc in sla.escalations.items() if councils is not None else ():
+            for i, target in enumerate(esc.targets):
+                for j, council in enumerate(target.authorities or []):
+                    # a misspelt council would silently get no escalations
+                    check_ref("authority", council, councils, ["escalations", name, "targets", i, "authorities", j])
     services_path = cdir / "services.yaml"
     if services_path.is_file():
         try:

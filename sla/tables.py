@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hubbridge.store import ID, Base, utcnow
@@ -116,3 +116,46 @@ class SlaSweepRow(Base):
     breaches: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[float | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+SEND_PENDING = "pending"
+SEND_SENT = "sent"
+SEND_DEAD = "dead"
+
+
+class SlaEscalationSendRow(Base):
+    """One warning or breach of one clock to one escalation target (an e-mail or webhook message).
+
+    Written by the sweep in its transaction, so each firing is queued exactly once per target; the sender
+    claims a row, sends, and records the outcome: `sent`, or a retry time, or `dead` with a dead letter.
+    """
+
+    __tablename__ = "sla_escalation_sends"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[int] = mapped_column(BigInteger)
+    clock_id: Mapped[int] = mapped_column(BigInteger)
+    hub_ref: Mapped[str] = mapped_column(String(32), index=True)
+    clock: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(8))  # warning | breach
+    service: Mapped[str] = mapped_column(String(80))
+    authority: Mapped[str] = mapped_column(String(64))
+    escalation: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(8))  # email | webhook | chase (a follow-up to the back office)
+    priority: Mapped[str | None] = mapped_column(String(16))  # chase: the priority to ask for, if any
+    due_at: Mapped[datetime | None] = mapped_column()
+    fired_at: Mapped[datetime] = mapped_column()
+    state: Mapped[str] = mapped_column(String(8), default=SEND_PENDING)  # pending | sent | dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column()
+    dead_letter_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "clock_id", "kind", "escalation", "target", name="uq_sla_escalation_sends_once"),
+        Index("ix_sla_escalation_sends_due", "state", "next_attempt_at"),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shlex
 import shutil
@@ -109,7 +110,23 @@ def test_systemctl_and_install_lines_name_only_shipped_units_and_files() -> None
         elif argv[0] == "systemd-analyze":
             assert argv[1] == "verify"
         else:
-            assert argv[0] in {"hubbridge", "pg_dump", "pg_restore", "rabbitmqctl"}, argv
+            assert argv[0] in {"hubbridge", "pg_dump", "pg_restore", "rabbitmqctl", "promtool"}, argv
+
+
+def test_the_promtool_commands_pass_on_the_shipped_alert_rules() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        # CI installs it (.ci/promtool, from Debian's prometheus package): there, missing is a failure
+        assert not os.environ.get("CI"), "promtool is missing: bash .ci/promtool installs it"
+        pytest.skip("promtool not installed (bash .ci/promtool installs it)")
+    ran = [argv for argv in guide_commands() if argv[0] == "promtool"]
+    assert {tuple(argv[:3]) for argv in ran} == {("promtool", "check", "rules"), ("promtool", "test", "rules")}
+    for argv in ran:
+        done = subprocess.run([promtool, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{' '.join(argv)}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+    # every rules file shipped is one the guide checks
+    checked = {arg for argv in ran for arg in argv[3:]}
+    assert {str(p.relative_to(ROOT)) for p in (ROOT / "deploy" / "prometheus").glob("*.yml")} <= checked
 
 
 def test_the_backup_commands_dump_and_list_a_real_store(pg_url: str, tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def test_engine_pause_over_a_closed_span_keeps_due(tmp_path_factory, start: date
     engine = fresh_engine(f"sqlite:///{tmp_path_factory.mktemp('p') / 's.sqlite'}")
     with Session(engine) as s:
         ENGINE.start(s, "WH-2026-000001", "refuse.bulky-waste", "bromsgrove", "normal", start)
-        [_, resolve] = ENGINE.clocks_of(s, "WH-2026-000001")
+        resolve = next(c for c in ENGINE.clocks_of(s, "WH-2026-000001") if c.clock == "resolve")
         due = resolve.due_at
         # a closed instant: the first closing time after some business hours have run
         pause_at = cal.add(start, timedelta(hours=hours_before_pause + 1))

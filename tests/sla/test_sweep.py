@@ -61,7 +61,7 @@ def test_warning_then_breach_each_once(sla: SlaEngine, store: Engine) -> None:
         assert upd.sequence == 2 and upd.status == "routed"
         model = CaseUpdate.model_validate(upd.payload)
         assert model.sequence == 2 and model.ref == REF and model.status == HubStatus.ROUTED
-        assert model.note == "SLA warning: the acknowledge clock is due 2026-03-02T11:00:00Z"
+        assert model.note == "SLA warning: the customer's acknowledge clock is due 2026-03-02T11:00:00Z"
         assert model.occurred_at == START + 3 * H
 
         again = sla.sweep(s, START + 3 * H + timedelta(minutes=30))
@@ -77,7 +77,8 @@ def test_warning_then_breach_each_once(sla: SlaEngine, store: Engine) -> None:
         upd = updates(s)[-1]
         assert upd.sequence == 3
         assert CaseUpdate.model_validate(upd.payload).note == (
-            "SLA breach: the acknowledge clock was due 2026-03-02T11:00:00Z; escalated to refuse-supervisors")
+            "SLA breach: the customer's acknowledge clock was due 2026-03-02T11:00:00Z; "
+            "escalated to refuse-supervisors")
 
         later = sla.sweep(s, START + 100 * H)  # resolve warns and breaches in the same sweep: breach only
         s.commit()

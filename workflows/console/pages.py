@@ -159,7 +159,7 @@ def parse_at(text: str | None) -> datetime | None:
 @router.get("/console/sla", response_class=HTMLResponse)
 def sla(page: ConsolePage, user: SignedIn, rt: Runtime, start: str | None = None, end: str | None = None,
         at: str | None = None) -> Response:
-    from hubbridge.sla.report import build_report
+    from hubbridge.sla.report import build_promises, build_report
     from hubbridge.store import session_scope
 
     today = datetime.now(LONDON).date()
@@ -170,10 +170,13 @@ def sla(page: ConsolePage, user: SignedIn, rt: Runtime, start: str | None = None
     if (last - first).days >= MAX_REPORT_DAYS:
         raise Refusal(400, "Period too long", f"Choose at most {MAX_REPORT_DAYS} days.")
     now = parse_at(at) or datetime.now(UTC)
+    promises = rt.sla.config.promises
     with session_scope(rt.url) as s:
         # the same report, with the same definitions, as `hubbridge sla report`
-        rows = [r for r in build_report(s, first, last, ("service", "authority"), now=now)
+        rows = [r for r in build_report(s, first, last, ("service", "authority"), now=now, promises=promises)
                 if user.sees_case(r.group["service"], r.group["authority"])]
+        sides = [p for p in build_promises(s, first, last, promises, ("service", "authority"), now=now)
+                 if user.sees_case(p.group["service"], p.group["authority"])]
         days: list[ChartDay] = []
         if (last - first).days < MAX_CHART_DAYS:
             day = first
@@ -192,6 +195,6 @@ def sla(page: ConsolePage, user: SignedIn, rt: Runtime, start: str | None = None
         t = totals.setdefault(r.clock, {"volume": 0, "met": 0, "at_risk": 0, "breached": 0, "open": 0})
         for k in t:
             t[k] += getattr(r, k)
-    return page.render("sla.html", rows=rows, totals=totals, first=first, last=last,
-                       at=at or "", now=now, chart=chart_geometry(days) if days else None,
+    return page.render("sla.html", rows=rows, totals=totals, sides=sides, promises=promises, first=first,
+                       last=last, at=at or "", now=now, chart=chart_geometry(days) if days else None,
                        chart_days=days, max_chart_days=MAX_CHART_DAYS)
