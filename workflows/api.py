@@ -206,7 +206,12 @@ def take_followup(rt: Runtime, ref: str, body: bytes, enqueue: bool, client: Api
             authority = s.scalar(select(CaseRow.authority).where(CaseRow.hub_ref == ref))
         if authority is not None and not client.serves(authority):
             FOLLOWUPS.labels("forbidden").inc()
-            return outside_scope(client, None, ref)
+            # which council a case belongs to is that council's business: not named here
+            return JSONResponse(status_code=403, content={
+                "error": f"client {client.name!r} may not follow this case up: it is not for one of its councils",
+                "ref": ref,
+                "hint": f"this client's token covers {', '.join(client.authorities)}; send the follow-up with the "
+                        "token of a client for the case's council"})
     try:
         accepted = accept_followup(rt, body, ref=ref, channel="api")
     except FollowUpValidationError as exc:
