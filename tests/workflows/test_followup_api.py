@@ -7,11 +7,10 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from typer.testing import CliRunner
 
 from hubbridge.config.settings import get_settings
 from hubbridge.signing import sign
-from hubbridge.store import DeadLetterRow, FollowUpRow, session_scope, utcnow
+from hubbridge.store import DeadLetterRow, session_scope, utcnow
 from hubbridge.workflows.api import create_app
 from hubbridge.workflows.casegen import generate_cases
 from hubbridge.workflows.runtime import Runtime
@@ -66,30 +65,3 @@ def test_unsigned_unknown_and_invalid_followups_are_refused_clearly(client: Test
     with session_scope(sqlite_url) as s:
         reasons = s.scalars(select(DeadLetterRow.reason).where(DeadLetterRow.stage == "followup")).all()
     assert sorted(reasons) == ["invalid_followup", "unknown_case"]
-
-
-def test_submit_takes_cases_and_followups_from_one_file(tmp_path, sqlite_url: str,  # type: ignore[no-untyped-def]
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from hubbridge.workflows.cli import app
-
-    monkeypatch.setenv("HUBBRIDGE_DATABASE_URL", sqlite_url)
-    get_settings.cache_clear()
-    from hubbridge.workflows import runtime as rt_module
-
-    monkeypatch.setattr(rt_module, "_runtime", None, raising=False)
-    case = next(generate_cases(1))
-    lines = [json.dumps(case),
-             json.dumps({"ref": case["ref"], "kind": "priority", "priority": "high",
-                         "occurred_at": utcnow().isoformat()}),
-             json.dumps({**case, "priority": "high", "description": "Changed on the second call"}),
-             json.dumps({"ref": "WH-2026-999998", "kind": "cancel", "occurred_at": utcnow().isoformat()})]
-    batch = tmp_path / "batch.jsonl"
-    batch.write_text("\n".join(lines) + "\n")
-    result = CliRunner().invoke(app, ["submit", str(batch), "--no-enqueue"])
-    assert result.exit_code == 1, result.output  # one line was refused
-    counts = json.loads(result.output.strip().splitlines()[-1])
-    assert counts == {"accepted": 1, "duplicate": 0, "amended": 1, "followups": 1, "rejected": 1}
-    with session_scope(sqlite_url) as s:
-        kinds = s.scalars(select(FollowUpRow.kind).where(FollowUpRow.hub_ref == case["ref"])
-                          .order_by(FollowUpRow.sequence)).all()
-    assert kinds == ["priority", "amendment"]
