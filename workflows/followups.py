@@ -121,7 +121,9 @@ def accept_followup(
             screened = _field_errors(exc)
     if screened:
         err = FollowUpValidationError(screened, ref=body_ref)
-        _keep_refused(rt, err, text if text is not None else data, body_ref, "invalid_followup")
+        # the body as received, but a file's bytes: a dead letter is no place to keep a customer's photos
+        kept = _without_content(data) if isinstance(data.get("attachments"), list) or text is None else text
+        _keep_refused(rt, err, kept, body_ref, "invalid_followup")
         raise err
     problems, files = _check_files(rt, followup)
     if problems:
@@ -155,6 +157,9 @@ def add_followup(
     case = s.scalar(select(CaseRow).where(CaseRow.hub_ref == hub_ref).with_for_update())
     if case is None:
         raise FollowUpValidationError({"ref": f"hubbridge holds no case {hub_ref}"}, ref=hub_ref, unknown_case=True)
+    if followup_id is not None and s.scalar(select(FollowUpRow.id).where(
+            FollowUpRow.hub_ref == hub_ref, FollowUpRow.client_id == followup_id)) is not None:
+        return None  # made already (its time differs, so its content would not match): once is enough
     followup = HubFollowUp(id=followup_id, ref=hub_ref, kind=FollowUpKind(kind), note=note,
                            priority=Priority(priority) if priority else None, author="hubbridge",
                            occurred_at=utcnow())
