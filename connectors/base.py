@@ -10,6 +10,8 @@ from datetime import datetime
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import structlog
+
 from hubbridge.case import FollowUpKind
 from hubbridge.errors import ConfigError, NotSupported
 
@@ -203,6 +205,18 @@ class Connector(ABC):
         Raises `NotSupported` for a kind not in `followup_kinds`; the `ConnectorError` classes as `create` does.
         """
         raise NotSupported(f"{self.plugin} takes no {followup.kind.value} follow-ups", instance=self.name)
+
+    def landed_before(self, followup: FollowUp) -> FollowUpResult | None:
+        """Unless the follow-up is `known_new`, what an earlier attempt of it left in the back office (read with
+        `find_follow_up`): a back office that is not idempotent must be looked in before it is sent again."""
+        if followup.known_new:
+            return None
+        found = self.find_follow_up(followup)
+        if found is not None:
+            structlog.get_logger(__name__).info(
+                "followup.exists", plugin=self.plugin, instance=self.name, key=followup.key,
+                kind=followup.kind.value, backoffice_ref=followup.backoffice_ref)
+        return found
 
     def find_follow_up(self, followup: FollowUp) -> FollowUpResult | None:
         """After an unknown outcome: the back office's record of this follow-up (by its `key`), or None if it

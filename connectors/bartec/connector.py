@@ -480,11 +480,9 @@ class BartecConnector(Connector):
         if followup.kind == FollowUpKind.EVIDENCE:
             # reads the request anyway (Document_Create wants its numeric id), so it skips what is there itself
             return self._send_evidence(followup, bound)
-        if not followup.known_new:
-            found = self.find_follow_up(followup)
-            if found is not None:
-                bound.info("bartec.followup.exists")
-                return found
+        found = self.landed_before(followup)
+        if found is not None:
+            return found
         if followup.kind == FollowUpKind.CANCEL:
             self.cancel(followup.backoffice_ref, f"{_note_tag(followup.key)} {followup.text}")
             bound.info("bartec.followup.done")

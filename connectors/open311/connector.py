@@ -314,10 +314,10 @@ class Open311Connector(Connector):
 
     def follow_up(self, followup: FollowUp) -> FollowUpResult:
         self._check_kind(followup)
-        if not followup.known_new and self.lists_posted_updates:
-            existing = self.find_follow_up(followup)
-            if existing is not None:
-                return existing
+        # a server that does not list posted updates cannot be looked in (find_follow_up says OutcomeUnknown)
+        existing = self.landed_before(followup) if self.lists_posted_updates else None
+        if existing is not None:
+            return existing
         fields = followup.fields or {}
         ref, kind = followup.backoffice_ref, followup.kind
         description = self._marker(followup.key) + " " + str(fields.get("description") or followup.text)

@@ -359,12 +359,9 @@ class PlanningConnector(Connector):
         twice only by reading the enquiry back (`find_follow_up`), first unless `known_new`.
         """
         fields = self._followup_fields(followup)
-        if not followup.known_new:
-            found = self.find_follow_up(followup)
-            if found is not None:
-                log.info("planning.followup.exists", key=followup.key, kind=followup.kind.value,
-                         backoffice_ref=followup.backoffice_ref, instance=self.name)
-                return found
+        found = self.landed_before(followup)
+        if found is not None:
+            return found
         if followup.kind == FollowUpKind.CANCEL:
             result = self._withdraw(followup, fields)
         elif followup.kind == FollowUpKind.EVIDENCE:

@@ -361,12 +361,9 @@ class RevenuesConnector(Connector):
         earlier attempt left there (found by `followup_mark`) is returned instead of sending again.
         """
         fields = self._followup_fields(followup)
-        if not followup.known_new:
-            found = self.find_follow_up(followup)
-            if found is not None:
-                log.info("revenues.followup.exists", key=followup.key, kind=followup.kind.value,
-                         backoffice_ref=followup.backoffice_ref, instance=self.name)
-                return found
+        found = self.landed_before(followup)
+        if found is not None:
+            return found
         if followup.kind == FollowUpKind.CANCEL:
             result = self._withdraw(followup, fields)
         elif followup.kind == FollowUpKind.EVIDENCE:
