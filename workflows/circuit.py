@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -13,12 +14,24 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from hubbridge.config.models import ConnectorInstance
-from hubbridge.errors import BackOfficeUnavailable
+from hubbridge.errors import (
+    BackOfficeUnavailable,
+    ConnectorError,
+    OutcomeUnknown,
+    PermanentError,
+    TransientError,
+    UnknownOutcomeError,
+)
 from hubbridge.store import (
     ConnectorHealthRow,
     session_scope,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from hubbridge.workflows.ratelimit import Throttle
+
+T = TypeVar("T")
 
 
 class CircuitBreaker:
@@ -125,3 +138,45 @@ class CircuitBreaker:
             if row.state == "half_open" or row.consecutive_failures >= self.instance.circuit.failure_threshold:
                 row.state = "open"
                 row.opened_until = now + timedelta(seconds=self.instance.circuit.reset_seconds)
+
+
+@dataclass(frozen=True)
+class CallFailed:
+    """A back-office call that raised, as the step that made it must act on it: try again later (counting the
+    attempt or not; `unknown` when it may have reached the back office) or give up with `reason`."""
+
+    exc: ConnectorError
+    retry: bool
+    count_attempt: bool = True
+    unknown: bool = False
+    reason: str = ""
+
+
+def call_back_office(breaker: CircuitBreaker, throttle: Throttle,
+                     calls: Callable[[Callable[[], None]], T]) -> T | CallFailed:
+    """Run `calls` behind the instance's circuit breaker, in one of its concurrency slots; `calls` is given
+    `pace`, to call before each request. What a failure means for the breaker is decided here, once, for every
+    step that calls a back office (a delivery, a follow-up)."""
+    from hubbridge.workflows.ratelimit import THROTTLE_WAIT_SECONDS
+
+    try:
+        breaker.before_call()
+        with throttle.slot():
+            result = calls(lambda: throttle.pace(THROTTLE_WAIT_SECONDS))
+        breaker.success()
+    except BackOfficeUnavailable as exc:  # the circuit is open, or the call was refused before it was sent
+        return CallFailed(exc, retry=True, count_attempt=False)
+    except UnknownOutcomeError as exc:
+        breaker.failure(str(exc))
+        return CallFailed(exc, retry=True, unknown=True)
+    except TransientError as exc:
+        breaker.failure(str(exc))
+        return CallFailed(exc, retry=True)
+    except OutcomeUnknown as exc:
+        # never send again after this: an operator checks the candidates in the back office first
+        breaker.success()
+        return CallFailed(exc, retry=False, reason="outcome unknown")
+    except (PermanentError, ConnectorError) as exc:
+        breaker.success()  # the back office answered: it is up
+        return CallFailed(exc, retry=False, reason="refused")
+    return result

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from hubbridge.case import CaseUpdate, HubCase, HubStatus
-from hubbridge.connectors.base import Delivery
+from hubbridge.connectors.base import CreateResult, Delivery
 from hubbridge.errors import (
-    BackOfficeUnavailable,
     ConnectorError,
     HubbridgeError,
     MappingError,
     OutcomeUnknown,
-    PermanentError,
     RoutingError,
     StoreError,
     TransientError,
-    UnknownOutcomeError,
 )
 from hubbridge.log import bind_case
 from hubbridge.store import (
@@ -35,10 +33,10 @@ from hubbridge.store import (
     utcnow,
 )
 from hubbridge.workflows import metrics, retry
-from hubbridge.workflows.circuit import CircuitBreaker
+from hubbridge.workflows.circuit import CallFailed, CircuitBreaker, call_back_office
 from hubbridge.workflows.deadletters import dead_letter
 from hubbridge.workflows.outbox import hub_refused, set_status
-from hubbridge.workflows.ratelimit import THROTTLE_WAIT_SECONDS, Throttle
+from hubbridge.workflows.ratelimit import Throttle
 from hubbridge.workflows.runtime import Outcome, OutcomeKind, Runtime
 
 log = structlog.get_logger(__name__)
@@ -110,47 +108,41 @@ def deliver_case(rt: Runtime, hub_ref: str, *, tell_hub: bool = True) -> Outcome
     except HubbridgeError as exc:  # a mapping file that never loaded (ConfigErrors)
         return _give_up(rt, case, "translate", "mapping_invalid", str(exc))
 
-    breaker = CircuitBreaker(rt.url, route.connector)
-    throttle = Throttle(rt.url, route.connector)
-    try:
-        breaker.before_call()
-        delivery = Delivery(
-            hub_ref=case.ref,
-            authority=case.authority,
-            service=case.service,
-            payload=translation.payload,
-            mapping_version=mapping.version,
-            known_new=True,  # created only once the claim's bookkeeping, or find, says there is no job yet
-        )
-        result = None
+    delivery = Delivery(
+        hub_ref=case.ref,
+        authority=case.authority,
+        service=case.service,
+        payload=translation.payload,
+        mapping_version=mapping.version,
+        known_new=True,  # created only once the claim's bookkeeping, or find, says there is no job yet
+    )
+    took: list[float] = []
+
+    def calls(pace: Callable[[], None]) -> CreateResult:
         began = time.perf_counter()
-        with throttle.slot():
-            if unknown or attempts > 0:
-                throttle.pace(THROTTLE_WAIT_SECONDS)
-                result = conn.find(case.ref, delivery)  # an earlier attempt may have landed: never create twice
-            if result is None:
-                # a refusal here leaves nothing half done: there is no job yet
-                throttle.pace(THROTTLE_WAIT_SECONDS)
-                result = conn.create(delivery)
-        breaker.success()
-        call_seconds = time.perf_counter() - began
-    except BackOfficeUnavailable as exc:
-        return _retry_later(rt, case, exc, route.connector, count_attempt=False)
-    except UnknownOutcomeError as exc:
-        breaker.failure(str(exc))
-        return _retry_later(rt, case, exc, route.connector, unknown=True)
-    except TransientError as exc:
-        breaker.failure(str(exc))
-        return _retry_later(rt, case, exc, route.connector)
-    except OutcomeUnknown as exc:
-        # never create after this: an operator checks the candidates in the back office first
-        breaker.success()
-        listed = ", ".join(exc.candidates) or "none found"
-        return _give_up(rt, case, "deliver", "outcome unknown", f"{exc} (candidate back-office jobs: {listed})",
-                        connector=route.connector.name)
-    except (PermanentError, ConnectorError) as exc:
-        breaker.success()  # the back office answered: it is up
-        return _give_up(rt, case, "deliver", "refused", str(exc), connector=route.connector.name)
+        result = None
+        if unknown or attempts > 0:
+            pace()
+            result = conn.find(case.ref, delivery)  # an earlier attempt may have landed: never create twice
+        if result is None:
+            # a refusal here leaves nothing half done: there is no job yet
+            pace()
+            result = conn.create(delivery)
+        took.append(time.perf_counter() - began)
+        return result
+
+    got = call_back_office(CircuitBreaker(rt.url, route.connector), Throttle(rt.url, route.connector), calls)
+    if isinstance(got, CallFailed):
+        exc = got.exc
+        if got.retry:
+            return _retry_later(rt, case, cast(TransientError, exc), route.connector, unknown=got.unknown,
+                                count_attempt=got.count_attempt)
+        if isinstance(exc, OutcomeUnknown):
+            listed = ", ".join(exc.candidates) or "none found"
+            return _give_up(rt, case, "deliver", got.reason, f"{exc} (candidate back-office jobs: {listed})",
+                            connector=route.connector.name)
+        return _give_up(rt, case, "deliver", got.reason, str(exc), connector=route.connector.name)
+    result, call_seconds = got, took[0]
 
     now = utcnow()
     told: _Told | None = None

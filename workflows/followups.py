@@ -12,9 +12,10 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydantic import ValidationError
@@ -25,8 +26,6 @@ from hubbridge.case import FollowUpKind, HubCase, HubFollowUp, HubStatus, Priori
 from hubbridge.config.models import FollowUpAction
 from hubbridge.connectors.base import Connector, Document, FollowUp, FollowUpResult
 from hubbridge.errors import (
-    BackOfficeUnavailable,
-    ConnectorError,
     FollowUpValidationError,
     HubbridgeError,
     MappingError,
@@ -34,13 +33,12 @@ from hubbridge.errors import (
     PermanentError,
     RoutingError,
     TransientError,
-    UnknownOutcomeError,
 )
 from hubbridge.store import CaseRow, FollowUpFileRow, FollowUpRow, LinkRow, record_event, session_scope, utcnow
 from hubbridge.workflows import retry
-from hubbridge.workflows.circuit import CircuitBreaker
+from hubbridge.workflows.circuit import CallFailed, CircuitBreaker, call_back_office
 from hubbridge.workflows.deadletters import dead_letter
-from hubbridge.workflows.ratelimit import THROTTLE_WAIT_SECONDS, Throttle
+from hubbridge.workflows.ratelimit import Throttle
 from hubbridge.workflows.runtime import Outcome, OutcomeKind, Runtime
 
 log = structlog.get_logger(__name__)
@@ -482,35 +480,28 @@ def _deliver_one(rt: Runtime, hub_ref: str, c: _Claimed) -> Outcome:
         return _by_email(rt, c, followup, route.followups.inbox or "", conn.name)
     if action == FollowUpAction.NOTE:
         followup = replace(followup, kind=FollowUpKind.NOTE)
-    breaker = CircuitBreaker(rt.url, route.connector)
-    throttle = Throttle(rt.url, route.connector)
-    try:
-        breaker.before_call()
+    def calls(pace: Callable[[], None]) -> FollowUpResult:
         result: FollowUpResult | None = None
-        with throttle.slot():
-            if not followup.known_new:
-                throttle.pace(THROTTLE_WAIT_SECONDS)
-                result = conn.find_follow_up(followup)  # an earlier attempt may have landed: never twice
-            if result is None:
-                throttle.pace(THROTTLE_WAIT_SECONDS)
-                result = conn.follow_up(replace(followup, known_new=True))
-        breaker.success()
-    except BackOfficeUnavailable as exc:
-        return _retry_later(rt, c, exc, route.connector, count_attempt=False)
-    except UnknownOutcomeError as exc:
-        breaker.failure(str(exc))
-        return _retry_later(rt, c, exc, route.connector, unknown=True)
-    except TransientError as exc:
-        breaker.failure(str(exc))
-        return _retry_later(rt, c, exc, route.connector)
-    except OutcomeUnknown as exc:
-        breaker.success()
-        listed = ", ".join(exc.candidates) or "none found"
-        return _give_up(rt, c, "outcome unknown", f"{exc} (look in the back office for it: {listed})",
-                        connector=conn.name)
-    except (PermanentError, ConnectorError) as exc:
-        breaker.success()
-        return _give_up(rt, c, "refused", str(exc), connector=conn.name)
+        if not followup.known_new:
+            pace()
+            result = conn.find_follow_up(followup)  # an earlier attempt may have landed: never twice
+        if result is None:
+            pace()
+            result = conn.follow_up(replace(followup, known_new=True))
+        return result
+
+    got = call_back_office(CircuitBreaker(rt.url, route.connector), Throttle(rt.url, route.connector), calls)
+    if isinstance(got, CallFailed):
+        exc = got.exc
+        if got.retry:
+            return _retry_later(rt, c, cast(TransientError, exc), route.connector, unknown=got.unknown,
+                                count_attempt=got.count_attempt)
+        if isinstance(exc, OutcomeUnknown):
+            listed = ", ".join(exc.candidates) or "none found"
+            return _give_up(rt, c, got.reason, f"{exc} (look in the back office for it: {listed})",
+                            connector=conn.name)
+        return _give_up(rt, c, got.reason, str(exc), connector=conn.name)
+    result = got
     return _delivered(rt, hub_ref, c, via, result.backoffice_id, conn.name)
 
 
